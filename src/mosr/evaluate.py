@@ -1,0 +1,236 @@
+"""`mosr evaluate`: over-refusal and attack success of a chat model on named benchmarks.
+
+A run folder holds:
+- `generations/<benchmark>.jsonl`: one response per prompt, appended as generated (resumable);
+- `samples/<benchmark>.jsonl`: the same rows with the judges' verdicts;
+- `summary.json` and `summary.md`: every rate with its count and 95% bootstrap interval;
+- `manifest.json`: model, template, settings, judges, data checksums and library versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mosr.data import Sample, expand_names, load_dataset, load_prompt_file
+from mosr.data.registry import ATTACK_SUCCESS, COMPLIANCE, DATASETS, OVER_REFUSAL, REFUSAL, data_file, file_sha256
+from mosr.errors import MosrError
+from mosr.generation import append_jsonl, generate, read_jsonl_records
+from mosr.judges import get_judge
+from mosr.metrics import format_rate, rate_with_interval
+from mosr.models import LoadedModel, effective_system_prompt, encode_chat, load_model
+from mosr.runs import check_resumable, library_versions, write_json
+
+logger = logging.getLogger(__name__)
+
+# Rates reported per metric kind; user files get both refusal and attack success.
+USER_FILE = "user_file"
+RATES = {
+    OVER_REFUSAL: ["over_refusal_rate", "full_refusal_rate"],
+    REFUSAL: ["refusal_rate"],
+    ATTACK_SUCCESS: ["attack_success_rate", "refusal_rate"],
+    COMPLIANCE: ["compliance_rate"],
+    USER_FILE: ["refusal_rate", "attack_success_rate"],
+}
+
+
+@dataclass
+class EvaluationSettings:
+    """Everything that decides the generated responses and how they are judged."""
+
+    benchmarks: list[str]
+    limit: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    prompt_column: str = "prompt"
+    system_prompt: str | None = None
+    raw_prompts: bool = False
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    refusal_judge: str | None = None
+    harm_judge: str | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Benchmark:
+    name: str
+    metric: str
+    samples: list[Sample]
+    source: Path | None
+
+
+def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
+    """Turn benchmark names and file paths into loaded sample lists; all input errors surface here."""
+    if not settings.benchmarks:
+        raise MosrError("no benchmark given: pass --benchmark NAME (for example xstest, oktest, harmbench)")
+    if settings.limit is not None and settings.limit <= 0:
+        raise MosrError(f"--limit must be a positive number of prompts, got {settings.limit}")
+
+    benchmarks: list[Benchmark] = []
+    for entry in settings.benchmarks:
+        path = Path(entry)
+        if path.suffix.lower() in (".csv", ".jsonl", ".json"):
+            samples = load_prompt_file(path, settings.prompt_column, limit=settings.limit, seed=settings.seed)
+            benchmarks.append(Benchmark(path.stem, USER_FILE, samples, path))
+            continue
+        for name in expand_names([entry]):
+            samples = load_dataset(name, settings.data_dir, limit=settings.limit, seed=settings.seed)
+            benchmarks.append(Benchmark(name, DATASETS[name].metric, samples, data_file(name, settings.data_dir)))
+
+    names = [benchmark.name for benchmark in benchmarks]
+    if len(set(names)) != len(names):
+        raise MosrError(f"a benchmark is given twice: {', '.join(names)}")
+    return benchmarks
+
+
+def judge_records(records: list[dict], refusal_judge, harm_judge) -> None:
+    """Add `refusal`, `refusal_kind`, `harmful` and `harm_kind` to each record in place."""
+    prompts = [record["prompt"] for record in records]
+    responses = [record["response"] for record in records]
+    for record, verdict in zip(records, refusal_judge.judge(prompts, responses)):
+        record["refusal"] = verdict.label
+        record["refusal_kind"] = verdict.kind
+    for record, verdict in zip(records, harm_judge.judge(prompts, responses)):
+        record["harmful"] = verdict.label
+        record["harm_kind"] = verdict.kind
+
+
+def benchmark_rates(records: list[dict], metric: str, seed: int) -> dict:
+    """Compute the rates that a benchmark of this metric kind reports."""
+    rates = {}
+    for rate_name in RATES[metric]:
+        if rate_name in ("over_refusal_rate", "refusal_rate"):
+            labels = [record["refusal"] for record in records]
+        elif rate_name == "full_refusal_rate":
+            labels = [None if record["refusal"] is None else record["refusal_kind"] == "full_refusal" for record in records]
+        elif rate_name == "attack_success_rate":
+            labels = [record["harmful"] for record in records]
+        else:
+            labels = [None if record["refusal"] is None else not record["refusal"] for record in records]
+        rates[rate_name] = rate_with_interval(labels, seed=seed)
+    return rates
+
+
+def summarize(benchmark: Benchmark, records: list[dict], seed: int) -> dict:
+    summary = {
+        "metric": benchmark.metric,
+        "num_samples": len(records),
+        "num_empty_responses": sum(record["empty"] for record in records),
+        "num_stopped_at_length": sum(record["stop_reason"] == "length" for record in records),
+        "rates": benchmark_rates(records, benchmark.metric, seed),
+    }
+    categories = sorted({record.get("category") for record in records if record.get("category")})
+    if len(categories) > 1:
+        summary["per_category"] = {
+            category: benchmark_rates([r for r in records if r.get("category") == category], benchmark.metric, seed)
+            for category in categories
+        }
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """Render the headline rates of every benchmark as one Markdown table, with per-category tables after it."""
+    lines = ["| benchmark | rate | value (count) [95% CI] |", "|---|---|---|"]
+    for name, result in summary["benchmarks"].items():
+        for rate_name, metric in result["rates"].items():
+            lines.append(f"| {name} | {rate_name.replace('_', ' ')} | {format_rate(metric)} |")
+
+    for name, result in summary["benchmarks"].items():
+        if "per_category" not in result:
+            continue
+        first_rate = next(iter(result["rates"]))
+        lines += ["", f"**{name}**, {first_rate.replace('_', ' ')} per category:", "",
+                  "| category | value (count) [95% CI] |", "|---|---|"]
+        for category, rates in result["per_category"].items():
+            lines.append(f"| {category} | {format_rate(rates[first_rate])} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_manifest(loaded: LoadedModel, settings: EvaluationSettings, benchmarks: list[Benchmark], judges) -> dict:
+    first_prompt = benchmarks[0].samples[0].prompt
+    first_ids = encode_chat(loaded.tokenizer, [first_prompt], system_prompt=settings.system_prompt, raw=settings.raw_prompts)[0]
+    return {
+        "model": loaded.identity,
+        "effective_system_prompt": None if settings.raw_prompts else effective_system_prompt(loaded.tokenizer, settings.system_prompt),
+        "rendered_first_prompt": loaded.tokenizer.decode(first_ids),
+        "generation": {"decoding": "greedy", "max_new_tokens": settings.max_new_tokens,
+                       "batch_size": settings.batch_size, "raw_prompts": settings.raw_prompts},
+        "judges": {kind: judge.identity() for kind, judge in judges.items()},
+        "data": {
+            benchmark.name: {"file": str(benchmark.source), "sha256": file_sha256(benchmark.source),
+                             "num_samples": len(benchmark.samples), "limit": settings.limit}
+            for benchmark in benchmarks if benchmark.source is not None
+        },
+        "seed": settings.seed,
+        "libraries": library_versions(),
+        **settings.extra,
+    }
+
+
+def evaluate(
+    model: str | LoadedModel,
+    settings: EvaluationSettings,
+    output: str | Path,
+    *,
+    adapter: str | Path | None = None,
+) -> dict:
+    """Generate, judge and summarise every benchmark; return the summary written to `summary.json`."""
+    started = time.monotonic()
+    run_dir = Path(output)
+    benchmarks = resolve_benchmarks(settings)
+    judges = {"refusal": get_judge("refusal", settings.refusal_judge), "harm": get_judge("harm", settings.harm_judge)}
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, adapter=adapter)
+
+    fingerprint = {
+        "model": loaded.identity,
+        "system_prompt": settings.system_prompt,
+        "raw_prompts": settings.raw_prompts,
+        "max_new_tokens": settings.max_new_tokens,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(run_dir, fingerprint)
+    write_json(run_dir / "manifest.json", build_manifest(loaded, settings, benchmarks, judges))
+
+    results = {}
+    for benchmark in benchmarks:
+        generated = generate(
+            loaded,
+            [sample.prompt for sample in benchmark.samples],
+            ids=[sample.id for sample in benchmark.samples],
+            system_prompt=settings.system_prompt,
+            raw=settings.raw_prompts,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            output_path=run_dir / "generations" / f"{benchmark.name}.jsonl",
+            progress=settings.progress,
+            description=benchmark.name,
+        )
+        records = [
+            {**sample.to_dict(), **{key: value for key, value in record.items() if key not in ("id", "prompt")}}
+            for sample, record in zip(benchmark.samples, generated)
+        ]
+        judge_records(records, judges["refusal"], judges["harm"])
+        samples_path = run_dir / "samples" / f"{benchmark.name}.jsonl"
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        samples_path.unlink(missing_ok=True)
+        append_jsonl(samples_path, records)
+        results[benchmark.name] = summarize(benchmark, records, settings.seed)
+        logger.info("%s: %s", benchmark.name, ", ".join(
+            f"{name} {format_rate(metric)}" for name, metric in results[benchmark.name]["rates"].items()))
+
+    summary = {"model": loaded.identity, "benchmarks": results, "wall_time_s": round(time.monotonic() - started, 1)}
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
+    return summary
+
+
+def load_samples(run_dir: str | Path, benchmark: str) -> list[dict]:
+    """Read the judged per-sample results of one benchmark of an evaluation run."""
+    path = Path(run_dir) / "samples" / f"{benchmark}.jsonl"
+    if not path.is_file():
+        raise MosrError(f"no judged samples for {benchmark!r} in {run_dir} (expected {path})")
+    return read_jsonl_records(path)
