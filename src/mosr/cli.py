@@ -94,11 +94,18 @@ def _run_download(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other mosr error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mosr", description=__doc__)
+    parser = _Parser(prog="mosr", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mosr {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _register_evaluate(subparsers)
     _register_download(subparsers)
     return parser
