@@ -129,7 +129,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM by embedded name, GGUF file, local folder or Hugging Face id, with an optional LoRA adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    # A bar for loading a few hundred tensors from local disk only clutters the log and error output.
+    transformers_logging.disable_progress_bar()
     torch_dtype = _resolve_dtype(dtype)
     tried = []
     path = Path(name).expanduser()
