@@ -66,8 +66,9 @@ def _decode_new_tokens(tokenizer, tokens: list[int], stop_ids: set[int], pad_id:
     for position, token in enumerate(tokens):
         if token in stop_ids:
             return tokenizer.decode(tokens[:position], skip_special_tokens=True), END_OF_TURN, position + 1
-    # Rows that finished early are padded, but a row that never stopped has no pad run to strip.
-    return tokenizer.decode(tokens, skip_special_tokens=True), LENGTH, len(tokens)
+    # A length stop can cut a multi-byte character in half; the orphaned bytes decode to U+FFFD.
+    text = tokenizer.decode(tokens, skip_special_tokens=True).rstrip("\ufffd")
+    return text, LENGTH, len(tokens)
 
 
 @torch.no_grad()
