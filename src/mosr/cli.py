@@ -79,6 +79,22 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _register_run(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="train every method of a config, evaluate them all and write one report")
+    parser.add_argument("config", help="experiment config (YAML), for example configs/quick.yaml")
+    parser.add_argument("--output", "-o", required=True, help="run folder; a stopped run continues where it stopped")
+    parser.add_argument("--data-dir", help="benchmark data folder (default: the config's, else $MOSR_DATA_DIR or ../shared/data)")
+    parser.set_defaults(func=_run_study)
+
+
+def _run_study(args) -> int:
+    from mosr.experiment import run_study
+
+    paths = run_study(args.config, args.output, data_dir=args.data_dir)
+    sys.stdout.write(Path(paths["markdown"]).read_text(encoding="utf-8"))
+    return 0
+
+
 def _register_download(subparsers) -> None:
     parser = subparsers.add_parser("download-data", help="download the benchmark data into a folder (needs network)")
     parser.add_argument("destination", help="folder to write the data to, in the layout mosr reads")
@@ -107,7 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _register_evaluate(subparsers)
+    _register_run(subparsers)
     _register_download(subparsers)
+    from mosr.analysis.command import register as register_analyze
+
+    register_analyze(subparsers)
+    from mosr.judges.command import register as register_judge
+
+    register_judge(subparsers)
+    from mosr.defenses.command import register as register_train
+
+    register_train(subparsers)
     return parser
 
 
