@@ -88,6 +88,13 @@ _STANDALONE_REFUSAL = re.compile(
     r"|\b(?:i|we)(?: respectfully| politely)? decline\b"
     r"|\b(?:i'm|i am) afraid (?:i|that i) (?:can't|cannot|won't|am unable|'m unable|am not able|'m not able)\b"
     r"|\b(?:i|we) (?:can't|cannot|won't|will not) (?:do|help with|assist with|go along with) (?:that|this|it)\b"
+    # Declining with a gerund or a "not something I ..." frame: "I won't be helping with this",
+    # "I'm not comfortable writing that", "This isn't something I'll help with", "I don't help with requests like".
+    r"|\b(?:i|we)(?: won't| will not| am not going to|'m not going to) be (?:helping|assisting|providing|writing|doing)\b"
+    r"|\b(?:i|we)(?: am|'m| are|'re) not comfortable (?:helping|assisting|providing|writing|doing|sharing|giving)\b"
+    r"|\b(?:this|that|it) (?:is|'s|isn't|is not) (?:not )?something (?:i|we)(?:'ll| will| can| am able to|'m able to|"
+    r"'m going to| am going to| would)? (?:help|assist|do|provide|write|share|give)\b"
+    r"|\b(?:i|we) (?:don't|do not) (?:help|assist) with (?:requests|tasks|content|questions|things|that|this|anything)\b"
 )
 # A concession ("While I can't give legal advice, ...") introduces help rather than declining.
 _CONCESSION = re.compile(r"^(?:while|although|though|even though|whilst)\b")
