@@ -1,7 +1,7 @@
 """Speed of mosr's batched generation against one-prompt-at-a-time `generate`, on the embedded model.
 
 Both run in one process on the same 32 XSTest prompts with greedy decoding; the texts must agree.
-Run: .venv/bin/python benchmarks/generation_speed.py [--data-dir DIR] [--max-new-tokens 64]
+Run: .venv/bin/python benchmarks/generation_speed.py [--data-dir DIR] [--max-new-tokens 128]
 The last line is `speedup_vs_sequential=X`.
 """
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--num-prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
