@@ -19,9 +19,9 @@ $(BIN)/mosr: pyproject.toml
 
 install: $(BIN)/mosr
 
-# The main job: evaluate the embedded model on subsets of XSTest, OKTest and HarmBench.
+# The main job: the quick study (every defense trained and evaluated on benchmark subsets, one report).
 demo: install
-	$(BIN)/mosr evaluate --benchmark xstest --benchmark oktest --benchmark harmbench --limit 40 --output runs/demo
+	$(BIN)/mosr run configs/quick.yaml --output runs/quick
 
 test: install
 	$(BIN)/python -m pytest -q
