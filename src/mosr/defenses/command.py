@@ -189,6 +189,8 @@ def run_train(args) -> int:
     output = Path(args.output)
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    # Layers out of range fail here, before building a training set takes minutes.
+    settings.resolved(loaded.num_layers)
     if args.training_set:
         from mosr.data.training_set import load_training_set
 
