@@ -29,6 +29,8 @@ test: install
 benchmarks: install
 	$(BIN)/python benchmarks/judge_agreement.py
 	$(BIN)/python benchmarks/generation_speed.py
+	$(BIN)/python benchmarks/extraction_speed.py
+	$(BIN)/python benchmarks/train_step_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -163,7 +163,7 @@ def load_model(
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         names = ", ".join(sorted(EMBEDDED_MODELS))
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         raise MosrError(
             f"could not load model {name!r} (tried {'; '.join(tried)}): {first_line}. "
             f"Give an embedded name ({names}), a .gguf file, a local model folder or a Hugging Face id"
