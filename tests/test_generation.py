@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from mosr import generation
 from mosr.errors import MosrError

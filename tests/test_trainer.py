@@ -301,7 +301,7 @@ def test_circuit_breaker_schedule_logged(tiny_model, tmp_path):
 
 
 def test_zero_lora_init_starts_at_base(tiny_model, tmp_path):
-    # With peft's zero initialisation the first step sees identical adapted and frozen states.
+    # With peft's zero initialisation, adapted and frozen states are identical in the first step.
     train(tiny_model, make_examples(), method="circuit-breakers", output_dir=tmp_path / "run",
           settings=quick_settings(steps=1, lora_init_std=0.0, lora_dropout=0.0), progress=False)
     first = _read_losses(tmp_path / "run")[0]

@@ -14,7 +14,7 @@ from mosr.errors import MosrError
 logger = logging.getLogger("mosr")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -36,7 +36,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="benchmark data folder (default: $MOSR_DATA_DIR, else ../shared/data)")
-    parser.add_argument("--limit", type=_positive_int,
+    parser.add_argument("--limit", type=positive_int,
                         help="evaluate a seeded random subset of this many prompts per benchmark")
     parser.add_argument("--seed", type=int, default=0, help="seed for subsets and bootstrap intervals (default: 0)")
 
@@ -51,8 +51,8 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--prompt-column", default="prompt", help="prompt column of user files (default: prompt)")
     parser.add_argument("--system-prompt", help="system message (default: the chat template's own default, if any)")
     parser.add_argument("--raw-prompts", action="store_true", help="send prompts without a chat template (base models)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=128, help="tokens generated per response (default: 128)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="prompts generated together (default: 16)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128, help="tokens generated per response (default: 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts generated together (default: 16)")
     parser.add_argument("--refusal-judge", help="Hugging Face id or folder of a model-based refusal judge (default: rule-based)")
     parser.add_argument("--harm-judge", help="Hugging Face id or folder of a model-based harm judge, e.g. a HarmBench "
                                              "classifier or Llama Guard (default: rule-based)")

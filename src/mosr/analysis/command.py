@@ -29,7 +29,7 @@ def _limit(text: str) -> int:
 
 def register(subparsers) -> None:
     """Add the `analyze` subcommand to the `mosr` subparsers."""
-    from mosr.cli import _positive_int, add_model_arguments
+    from mosr.cli import positive_int, add_model_arguments
 
     parser = subparsers.add_parser(
         "analyze",
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
                         help="`mosr evaluate` run folder of the same model, to link positions to refusals")
     parser.add_argument("--system-prompt", help="system message (default: the chat template's own default, if any)")
     parser.add_argument("--raw-prompts", action="store_true", help="send prompts without a chat template (base models)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="prompts per forward pass (default: 16)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default: 16)")
     parser.add_argument("--plot-layers", type=_layer_index, nargs="+", metavar="L",
                         help="layers shown in the PCA and histogram plots (default: 4 evenly spaced analyzed layers)")
     parser.add_argument("--cache-dir", help="hidden-state cache folder (default: $MOSR_CACHE/hidden_states)")

@@ -1,4 +1,4 @@
-"""What every defense method gives the shared trainer: its example groups and its loss terms."""
+"""The interface between defense methods and the shared trainer: example groups and loss terms."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where training is: `step` steps are done (0 during the first step) out of `total_steps`."""
+    """Training progress: `step` steps are done (0 during the first step) out of `total_steps`."""
 
     step: int
     total_steps: int
@@ -42,7 +42,7 @@ class Progress:
 
 @dataclass
 class PreparationContext:
-    """What a method may use before training starts."""
+    """Inputs a method may use before training starts."""
 
     loaded: Any
     """The `LoadedModel`, still without adapters."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -10,19 +9,10 @@ from pathlib import Path
 from mosr.defenses.lora import parse_layer_list
 from mosr.defenses.methods import METHODS
 from mosr.defenses.trainer import TRAINING_SET_DIR
+from mosr.cli import positive_int
 from mosr.errors import MosrError
 
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -55,12 +45,12 @@ def register(subparsers) -> None:
     data.add_argument("--n-benign", type=int, default=512, help="harmless prompts to complete when building (default: 512)")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--steps", type=_positive_int, help="optimizer steps (default: 80)")
-    training.add_argument("--batch-size", type=_positive_int, help="examples per group and step (default: 4)")
+    training.add_argument("--steps", type=positive_int, help="optimizer steps (default: 80)")
+    training.add_argument("--batch-size", type=positive_int, help="examples per group and step (default: 4)")
     training.add_argument("--learning-rate", type=float, help="AdamW learning rate (default: 1e-3)")
     training.add_argument("--seed", type=int, default=0, help="seed of the adapters, batches and built data (default: 0)")
-    training.add_argument("--max-length", type=_positive_int, help="tokens per example; longer ones are cut (default: 256)")
-    training.add_argument("--lora-rank", type=_positive_int, help="LoRA rank (default: 8)")
+    training.add_argument("--max-length", type=positive_int, help="tokens per example; longer ones are cut (default: 256)")
+    training.add_argument("--lora-rank", type=positive_int, help="LoRA rank (default: 8)")
     training.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 16)")
     training.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05)")
     training.add_argument("--lora-init-std", type=float,
@@ -73,7 +63,7 @@ def register(subparsers) -> None:
                                                 "first block, e.g. '10,20' (default: a third and two thirds of the depth)")
     training.add_argument("--system-prompt", help="system message of the training conversations (default: the chat "
                                                   "template's own)")
-    training.add_argument("--checkpoint-every", type=_positive_int, help="steps between checkpoints (default: 25)")
+    training.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints (default: 25)")
     training.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
     training.add_argument("--frozen-cache-mb", type=int, help="CPU memory for cached frozen-model states, 0 = off "
                                                               "(default: 2048)")
@@ -95,13 +85,13 @@ def register(subparsers) -> None:
                              "||h_M - h_M0|| instead of the distance relative to ||h_M0||")
     method.add_argument("--overlap-strength", type=float, help="mosr: λ of the overlap weights, 0..1 (default: 0.5)")
     method.add_argument("--overlap-temperature", type=float, help="mosr: τ of the overlap weights (default: 0.1)")
-    method.add_argument("--overlap-top-k", type=_positive_int,
+    method.add_argument("--overlap-top-k", type=positive_int,
                         help="mosr: pseudo-malicious neighbours per overlap (default: 5)")
     method.add_argument("--overlap-layer", type=int, help="mosr: hidden-state index of the overlap representations "
                                                           "(default: the middle layer)")
     method.add_argument("--overlap-pooling", choices=("last", "mean"), help="mosr: prompt pooling (default: last)")
     method.add_argument("--augmentation-weight", type=float,
-                        help="mosr: coefficient of the augmentation cross-entropy (default: 1)")
+                        help="mosr: coefficient of the augmentation cross-entropy (default: 0.3)")
     parser.set_defaults(func=run_train)
 
 

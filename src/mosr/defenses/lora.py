@@ -28,7 +28,7 @@ class Architecture:
     lora_modules: tuple[str, ...]
     """Default LoRA target modules: names of the linear layers inside each decoder block."""
     final_norm: str
-    """Attribute of the decoder (the model without its LM head) that holds the final norm."""
+    """Attribute of the decoder (the model without its LM head) that contains the final norm."""
     fan_in_fan_out: bool = False
     """True where the linear layers are transformers' Conv1D, which stores weights transposed."""
 

@@ -7,8 +7,8 @@ token at the j-th loss layer. `pack_tokens` turns a padded [batch, positions, ..
 boolean mask into this form, so padding never enters a computation (a padded position may hold
 NaN, and NaN times a zero mask is still NaN).
 
-Reduction, the same for every term: the token values of a sample are averaged (over its tokens
-and loss layers), giving one value per sample; a sample without tokens (its response was cut off
+Reduction, the same for every term: the token values of a sample are averaged over its tokens
+and loss layers, giving one value per sample. A sample without tokens (its response was cut off
 by the length limit) gets 0. The batch value is `sum_i w_i * value_i / batch_size`, where `w` are
 the per-sample weights (all 1 unless given), so an empty sample still counts in the denominator.
 Published implementations average over all tokens of the batch instead; averaging per sample

@@ -317,7 +317,7 @@ class _Training:
 
     def _perturb_lora_b(self, std: float) -> None:
         # With lora_B = 0 the adapted states equal the frozen ones, where the rerouting loss has zero
-        # gradient, so the retain term alone steers the first steps and holds the adapter near zero.
+        # gradient, so the retain term alone steers the first steps and keeps the adapter near zero.
         # A small random start gives rerouting a gradient from the first step.
         with torch.no_grad():
             for name, parameter in lora_parameters(self.model).items():

@@ -4,10 +4,10 @@ The MOSR paper (Zhang et al., arXiv 2511.19009) describes the idea but not its f
 project defines them:
 
 - r_i is the frozen model's hidden state of malicious prompt i and p_j that of pseudo-malicious
-  prompt j, at one layer, pooled over the prompt ("last": the state at the position that
-  predicts the first response token; "mean": the mean over the rendered prompt's tokens). With
-  `center` (the default), the mean of all r_i and p_j is subtracted first. Then every vector is
-  L2-normalised.
+  prompt j, at one layer, pooled over the prompt. "last" pooling takes the state at the position
+  that predicts the first response token, and "mean" the mean over the rendered prompt's tokens.
+  With `center` (the default), the mean of all r_i and p_j is subtracted first. Then every vector
+  is L2-normalised.
 - The overlap s_i is the mean of the `top_k` largest cosine similarities between r_i and the p_j.
 - The erasure weight is w_i = (1 - λ) + λ · N · softmax(-s / τ)_i over the N malicious samples.
   The weights average exactly 1, decrease as s_i grows, and are all 1 for λ = 0.
@@ -50,7 +50,7 @@ class OverlapSettings:
     layer: int | None = None
     """Hidden-state index (1 = output of the first decoder block); None means the middle layer."""
     pooling: Literal["last", "mean"] = "last"
-    """How a prompt's token states become one vector: "last" or "mean"."""
+    """Pooling of a prompt's token states into one vector: "last" or "mean"."""
     center: bool = True
     """Subtract the mean of all malicious and pseudo-malicious representations before normalising."""
 

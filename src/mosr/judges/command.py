@@ -17,7 +17,7 @@ OUTPUT_SUFFIX = ".judged.jsonl"
 
 def register(subparsers) -> None:
     """Add the `judge` subcommand to the `mosr` subparsers."""
-    from mosr.cli import _positive_int
+    from mosr.cli import positive_int
     from mosr.judges import JUDGE_KINDS
     from mosr.judges.model_judge import FAMILIES
 
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                         help="Hugging Face id or local folder of a model-based judge (default: the rule-based judge)")
     parser.add_argument("--judge-family", choices=sorted(FAMILIES),
                         help="prompt format of the model-based judge, when it cannot be detected from the name")
-    parser.add_argument("--batch-size", type=_positive_int, default=8,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="pairs a model-based judge classifies together (default: 8)")
     parser.set_defaults(func=run_judge)
 
