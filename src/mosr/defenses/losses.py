@@ -11,8 +11,8 @@ Reduction, the same for every term: the token values of a sample are averaged ov
 and loss layers, giving one value per sample. A sample without tokens (its response was cut off
 by the length limit) gets 0. The batch value is `sum_i w_i * value_i / batch_size`, where `w` are
 the per-sample weights (all 1 unless given), so an empty sample still counts in the denominator.
-Published implementations average over all tokens of the batch instead; averaging per sample
-first is this project's choice, so that a per-sample weight scales one sample's whole
+Published implementations average over all tokens of the batch instead. Averaging per sample
+first is this project's choice, because then a per-sample weight scales one sample's whole
 contribution whatever its length.
 
 All arithmetic is in float32, whatever the input dtype, and cosines use `EPSILON` in their

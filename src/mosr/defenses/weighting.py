@@ -13,7 +13,7 @@ project defines them:
   The weights average exactly 1, decrease as s_i grows, and are all 1 for λ = 0.
 
 Centring is this project's addition. Residual-stream states share a large common component, so
-raw cosines hardly vary: for SmolLM2-135M-Instruct at layer 15 with "last" pooling, 150 harmful
+raw cosines hardly vary. For SmolLM2-135M-Instruct at layer 15 with "last" pooling, 150 harmful
 prompts (refusal_direction harmful_train) against 50 OKTest held-out prompts give raw overlaps of
 0.91 to 0.98, and centred overlaps of -0.32 to 0.41. The default τ = 0.1 suits centred overlaps
 (on that data: weights 0.50 to 3.3, 90th percentile 1.8, for λ = 0.5).
