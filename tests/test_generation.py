@@ -40,10 +40,10 @@ def test_stop_reason_and_cut(tiny_model):
     tokenizer = tiny_model.tokenizer
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     words = tokenizer("Hello there", add_special_tokens=False)["input_ids"]
-    text, reason, count = _decode_new_tokens(tokenizer, words + [end, end], {end}, end)
+    text, reason, count = _decode_new_tokens(tokenizer, words + [end, end], {end})
     assert (text, reason, count) == ("Hello there", END_OF_TURN, len(words) + 1)
     newline = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    text, reason, _ = _decode_new_tokens(tokenizer, words + newline + words, {end}, end)
+    text, reason, _ = _decode_new_tokens(tokenizer, words + newline + words, {end})
     assert reason == LENGTH
     assert text == "Hello there\n\nHello there"
 

@@ -61,7 +61,7 @@ def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
     return input_ids.to(device), attention_mask.to(device)
 
 
-def _decode_new_tokens(tokenizer, tokens: list[int], stop_ids: set[int], pad_id: int) -> tuple[str, str, int]:
+def _decode_new_tokens(tokenizer, tokens: list[int], stop_ids: set[int]) -> tuple[str, str, int]:
     """Cut generated tokens at the first end-of-turn token; return text, stop reason and token count."""
     for position, token in enumerate(tokens):
         if token in stop_ids:
@@ -90,7 +90,7 @@ def generate_batch(loaded: LoadedModel, batch: list[list[int]], max_new_tokens: 
         pad_token_id=pad_id,
     )
     new_tokens = output[:, input_ids.shape[1]:].tolist()
-    return [_decode_new_tokens(tokenizer, tokens, set(stop_ids), pad_id) for tokens in new_tokens]
+    return [_decode_new_tokens(tokenizer, tokens, set(stop_ids)) for tokens in new_tokens]
 
 
 def generate(

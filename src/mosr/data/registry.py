@@ -44,7 +44,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where a named data set lives in the data folder and how it is read."""
+    """Location of a named data set in the data folder, its metric, role and prompt column."""
 
     name: str
     path: str
@@ -97,7 +97,7 @@ ALIASES = {"xstest": ["xstest-safe", "xstest-unsafe"]}
 
 
 def default_data_dir() -> Path | None:
-    """The data folder: $MOSR_DATA_DIR, else ../shared/data or shared/data from the working folder."""
+    """Return the data folder: $MOSR_DATA_DIR, else ../shared/data or shared/data from the working folder."""
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV])
     for candidate in (Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"):

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 
 from mosr.errors import MosrError
 from mosr.judges.base import Judge, Verdict, check_pairs
@@ -269,24 +268,7 @@ class ModelJudge(Judge):
         return ids
 
     def _generate(self, inputs: list[list[int]]) -> list[str]:
-        """Greedily generate `max_new_tokens` for each input (left-padded batch) and decode the new tokens."""
-        tokenizer = self.loaded.tokenizer
-        model = self.loaded.model
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        width = max(len(ids) for ids in inputs)
-        input_ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, ids in enumerate(inputs):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids) :] = 1
-        device = self.loaded.device
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-            )
-        new_tokens = generated[:, width:]
-        return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+        """Greedily generate up to `max_new_tokens` for each input and decode the new tokens."""
+        from mosr.generation import generate_batch
+
+        return [text for text, _, _ in generate_batch(self.loaded, inputs, self.max_new_tokens)]
