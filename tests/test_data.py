@@ -109,3 +109,21 @@ def test_download_failure_is_error(tmp_path):
     with pytest.raises(MosrError, match="download of"):
         download_data(tmp_path / "data", sources=sources)
     assert not list((tmp_path / "data").rglob("*.partial"))
+
+
+def test_per_benchmark_limits_override_limit():
+    from mosr.evaluate import EvaluationSettings, resolve_benchmarks
+
+    settings = EvaluationSettings(benchmarks=["xstest", "harmless"], limit=5, limits={"harmless": 3, "xstest-unsafe": 2},
+                                  data_dir=DATA_DIR)
+    sizes = {benchmark.name: len(benchmark.samples) for benchmark in resolve_benchmarks(settings)}
+    assert sizes == {"xstest-safe": 5, "xstest-unsafe": 2, "harmless": 3}
+
+
+@pytest.mark.parametrize("limits, message", [({"advbench": 3}, "not among the benchmarks"),
+                                             ({"harmless": 0}, "positive number")])
+def test_bad_per_benchmark_limits_are_errors(limits, message):
+    from mosr.evaluate import EvaluationSettings, resolve_benchmarks
+
+    with pytest.raises(MosrError, match=message):
+        resolve_benchmarks(EvaluationSettings(benchmarks=["harmless"], limits=limits, data_dir=DATA_DIR))

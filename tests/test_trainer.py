@@ -445,6 +445,16 @@ def test_overlap_weights_written(tiny_model, tmp_path):
     assert rows == sorted(rows, key=lambda row: row["weight"])
 
 
+def test_mosr_terms(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_model, make_examples(), method="mosr", output_dir=run_dir, settings=quick_settings(steps=1),
+          options={"overlap": {"layer": 2}, "retain_ce_weight": 0.5}, progress=False)
+    record = _read_losses(run_dir)[0]
+    assert set(record["losses"]) == {"reroute", "retain", "augmentation_ce", "retain_ce"}
+    assert record["coefficients"]["retain_ce"] == 0.5
+    assert record["losses"]["retain_ce"] > 0
+
+
 def test_ablations_drop_their_parts(tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_model, make_examples(), method="mosr", output_dir=run_dir, settings=quick_settings(steps=1),

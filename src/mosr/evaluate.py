@@ -42,6 +42,8 @@ class EvaluationSettings:
 
     benchmarks: list[str]
     limit: int | None = None
+    limits: dict[str, int] = field(default_factory=dict)
+    """Per-benchmark prompt limits by benchmark name, overriding `limit` (e.g. {"harmless": 200})."""
     seed: int = 0
     data_dir: str | None = None
     prompt_column: str = "prompt"
@@ -69,22 +71,34 @@ def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
         raise MosrError("no benchmark given: pass --benchmark NAME (for example xstest, oktest, harmbench)")
     if settings.limit is not None and settings.limit <= 0:
         raise MosrError(f"--limit must be a positive number of prompts, got {settings.limit}")
+    _check_limits(settings)
 
     benchmarks: list[Benchmark] = []
     for entry in settings.benchmarks:
         path = Path(entry)
+        limit = settings.limits.get(entry, settings.limit)
         if path.suffix.lower() in (".csv", ".jsonl", ".json"):
-            samples = load_prompt_file(path, settings.prompt_column, limit=settings.limit, seed=settings.seed)
+            samples = load_prompt_file(path, settings.prompt_column, limit=limit, seed=settings.seed)
             benchmarks.append(Benchmark(path.stem, USER_FILE, samples, path))
             continue
         for name in expand_names([entry]):
-            samples = load_dataset(name, settings.data_dir, limit=settings.limit, seed=settings.seed)
+            samples = load_dataset(name, settings.data_dir, limit=settings.limits.get(name, limit), seed=settings.seed)
             benchmarks.append(Benchmark(name, DATASETS[name].metric, samples, data_file(name, settings.data_dir)))
 
     names = [benchmark.name for benchmark in benchmarks]
     if len(set(names)) != len(names):
         raise MosrError(f"a benchmark is given twice: {', '.join(names)}")
     return benchmarks
+
+
+def _check_limits(settings: EvaluationSettings) -> None:
+    names = set(settings.benchmarks) | set(expand_names([entry for entry in settings.benchmarks
+                                                         if Path(entry).suffix.lower() not in (".csv", ".jsonl", ".json")]))
+    for name, value in settings.limits.items():
+        if name not in names:
+            raise MosrError(f"a limit is given for {name!r}, which is not among the benchmarks ({', '.join(settings.benchmarks)})")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise MosrError(f"the limit for {name!r} must be a positive number of prompts, got {value!r}")
 
 
 def judge_records(records: list[dict], refusal_judge, harm_judge) -> None:

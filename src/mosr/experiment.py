@@ -246,16 +246,25 @@ class Study:
         return built
 
     def method(self, spec: MethodSpec, training_set, base_entry: ReportEntry) -> ReportEntry:
+        from mosr.defenses.methods import create_method
         from mosr.defenses.settings import TrainingSettings
         from mosr.defenses.trainer import train
         from mosr.models import attach_adapter
 
         training = {"seed": self.config.seed, "system_prompt": self.config.system_prompt,
                     **self.config.training, **spec.training}
-        key = _settings_hash(self.config.model, spec.method, spec.options, training, training_set.counts())
+        # The key uses the options with every default filled in, so that a sweep value equal to another
+        # entry's setting (τ=0.1 beside the default MOSR) reuses that entry's training and evaluation.
+        options = create_method(spec.method, spec.options).options_dict()
+        key = _settings_hash(self.config.model, spec.method, options, training, training_set.counts())
+        settings = {"method": spec.method, "options": options, "training": training,
+                    "evaluation": self._evaluation_key(), "utility": self.config.utility}
         folder = self.run_dir / "methods" / f"{spec.name.replace(' ', '_').replace('=', '-')}-{key}"
-        stage = Stage(folder, {"method": spec.method, "options": spec.options, "training": training,
-                               "evaluation": self._evaluation_key(), "utility": self.config.utility})
+        stage = Stage(folder, settings)
+        for other in sorted((self.run_dir / "methods").glob(f"*-{key}")):
+            if not stage.done and Stage(other, settings).done:
+                logger.info("%s has the same settings as %s: reusing its results", spec.name, other.name)
+                folder, stage = other, Stage(other, settings)
         if not stage.done:
             logger.info("training %s", spec.name)
             loaded = self._load_base()
@@ -292,6 +301,10 @@ class Study:
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
+        from mosr.defenses.methods import create_method
+
+        for spec in self.config.methods:  # option errors surface before hours of work, not after
+            create_method(spec.method, spec.options)
         base_entry = self.base_evaluation()
         self.base_analysis()
         entries = [base_entry]

@@ -41,9 +41,13 @@ class CircuitBreakersOptions:
             raise MosrError(f"kl_weight must be zero or positive, got {self.kl_weight}")
 
 
-def retain_group(kinds: tuple[str, ...], kl: bool) -> Group:
-    """Return the group whose representations (and, with `kl`, next-token distributions) are kept."""
-    return Group("retain", kinds, PassRequest(states=True, frozen_states=True, logits=kl, frozen_logits=kl))
+def retain_group(kinds: tuple[str, ...], kl: bool, *, logits: bool = False) -> Group:
+    """Return the group whose representations (and, with `kl`, next-token distributions) are kept.
+
+    `logits` asks for the adapted model's logits without the frozen ones, for a cross-entropy term.
+    """
+    request = PassRequest(states=True, frozen_states=True, logits=kl or logits, frozen_logits=kl)
+    return Group("retain", kinds, request)
 
 
 def retain_terms(outputs: PassOutputs, coefficient: float, kl_coefficient: float | None,

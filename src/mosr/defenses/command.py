@@ -92,6 +92,9 @@ def register(subparsers) -> None:
     method.add_argument("--overlap-pooling", choices=("last", "mean"), help="mosr: prompt pooling (default: last)")
     method.add_argument("--augmentation-weight", type=float,
                         help="mosr: coefficient of the augmentation cross-entropy (default: 0.3)")
+    method.add_argument("--retain-ce-weight", type=float,
+                        help="mosr: coefficient of the retain examples' cross-entropy that balances the "
+                             "augmentation (default: 0.3)")
     parser.set_defaults(func=run_train)
 
 
@@ -128,7 +131,8 @@ def _reject_options(args, method: str, names: list[str]) -> None:
 def method_options_from_args(args) -> dict:
     """Build the method's options dict from the command-line values that were given."""
     overlap_flags = ["erasure", "no-overlap-weighting", "no-context-augmentation", "overlap-strength",
-                     "overlap-temperature", "overlap-top-k", "overlap-layer", "overlap-pooling", "augmentation-weight"]
+                     "overlap-temperature", "overlap-top-k", "overlap-layer", "overlap-pooling", "augmentation-weight",
+                     "retain-ce-weight"]
     relative_retain = not args.absolute_retain
     if args.method == "circuit-breakers":
         _reject_options(args, args.method, overlap_flags)
@@ -166,6 +170,8 @@ def method_options_from_args(args) -> dict:
     options["overlap"] = {key: value for key, value in overlap.items() if value is not None}
     if args.augmentation_weight is not None:
         options["augmentation_weight"] = args.augmentation_weight
+    if args.retain_ce_weight is not None:
+        options["retain_ce_weight"] = args.retain_ce_weight
     return options
 
 

@@ -8,7 +8,10 @@ Loss terms:
 - retain on benign and pseudo-malicious examples, as in the chosen variant;
 - `augmentation_ce` on augmented examples (harmful prompt, the first k tokens of a harmful
   response as context, then a refusal): cross-entropy on the refusal tokens and the end-of-turn
-  token, coefficient `augmentation_weight`, unless `context_augmentation` is off.
+  token, coefficient `augmentation_weight`, unless `context_augmentation` is off;
+- `retain_ce` with the augmentation: cross-entropy on the retain examples' responses (benign and
+  pseudo-malicious), coefficient `retain_ce_weight`. Refusal cross-entropy alone taught SmolLM2 to
+  refuse almost every question within 16 steps; this term is its counterweight, as in refusal SFT.
 
 The paper gives no formulas; these are this project's definitions, and each part is a setting.
 """
@@ -58,11 +61,15 @@ class MosrOptions:
     """Coefficient of `augmentation_ce`. With 1.0 the cross-entropy steered every step on SmolLM2 and
     `reroute` did not fall in 30 steps; with 0.3 both fell (see docs/training.md)."""
 
+    retain_ce_weight: float = 0.3
+    """Coefficient of `retain_ce`, used with the augmentation (see docs/training.md)."""
+
     def __post_init__(self):
         if self.erasure not in ERASURES:
             raise MosrError(f"unknown erasure {self.erasure!r}: choose {' or '.join(ERASURES)}")
-        if self.augmentation_weight < 0:
-            raise MosrError(f"augmentation_weight must be zero or positive, got {self.augmentation_weight}")
+        for name in ("augmentation_weight", "retain_ce_weight"):
+            if getattr(self, name) < 0:
+                raise MosrError(f"{name} must be zero or positive, got {getattr(self, name)}")
 
 
 class Mosr(Method):
@@ -80,7 +87,7 @@ class Mosr(Method):
         kl = options.circuit_breakers.retain_kl if options.erasure == "circuit-breakers" else options.repbend.kl_weight > 0
         groups = [
             Group("erase", (MALICIOUS,), PassRequest(states=True, frozen_states=True)),
-            retain_group((BENIGN, PSEUDO_MALICIOUS), kl),
+            retain_group((BENIGN, PSEUDO_MALICIOUS), kl, logits=self._retain_ce),
         ]
         if options.context_augmentation:
             groups.append(Group("augment", (AUGMENTED,), PassRequest(logits=True)))
@@ -108,6 +115,10 @@ class Mosr(Method):
         write_overlap_weights(path, records)
         self.weights = {record.id: record.weight for record in records}
 
+    @property
+    def _retain_ce(self) -> bool:
+        return self.options.context_augmentation and self.options.retain_ce_weight > 0
+
     def _batch_weights(self, outputs: PassOutputs) -> torch.Tensor | None:
         if not self.options.overlap_weighting:
             return None
@@ -121,16 +132,22 @@ class Mosr(Method):
             value = losses.cross_entropy_loss(outputs.logits, batch.target_ids, batch.sample_index, batch.size)
             return [LossTerm("augmentation_ce", value, options.augmentation_weight)]
 
-        if options.erasure == "repbend":
-            if group == "erase":
-                return bend_terms(outputs, options.repbend, self._batch_weights(outputs))
-            return bend_retain_terms(outputs, options.repbend)
-
-        reroute_coefficient, retain_coefficient = circuit_breaker_schedule(options.circuit_breakers.alpha, progress)
         if group == "erase":
-            value = losses.reroute_loss(outputs.states, outputs.frozen_states, batch.sample_index, batch.size,
-                                        self._batch_weights(outputs))
+            weights = self._batch_weights(outputs)
+            if options.erasure == "repbend":
+                return bend_terms(outputs, options.repbend, weights)
+            reroute_coefficient, _ = circuit_breaker_schedule(options.circuit_breakers.alpha, progress)
+            value = losses.reroute_loss(outputs.states, outputs.frozen_states, batch.sample_index, batch.size, weights)
             return [LossTerm("reroute", value, reroute_coefficient)]
-        cb = options.circuit_breakers
-        kl_coefficient = cb.kl_weight * retain_coefficient if cb.retain_kl else None
-        return retain_terms(outputs, retain_coefficient, kl_coefficient, relative=cb.relative_retain)
+
+        if options.erasure == "repbend":
+            terms = bend_retain_terms(outputs, options.repbend)
+        else:
+            cb = options.circuit_breakers
+            _, retain_coefficient = circuit_breaker_schedule(cb.alpha, progress)
+            kl_coefficient = cb.kl_weight * retain_coefficient if cb.retain_kl else None
+            terms = retain_terms(outputs, retain_coefficient, kl_coefficient, relative=cb.relative_retain)
+        if self._retain_ce:
+            value = losses.cross_entropy_loss(outputs.logits, batch.target_ids, batch.sample_index, batch.size)
+            terms.append(LossTerm("retain_ce", value, options.retain_ce_weight))
+        return terms

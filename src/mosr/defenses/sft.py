@@ -2,15 +2,17 @@
 
 Loss terms, over response tokens and the end-of-turn token:
 - `refusal_ce` on refusal examples, coefficient `refusal_weight`;
-- `retain_ce` on benign examples (the base model's own responses), coefficient `retain_weight`;
-- `retain_kl` (off by default): KL(p_M0 || p_M) on the benign examples, coefficient `kl_weight`.
+- `retain_ce` on benign examples (the base model's own responses) and pseudo-malicious examples
+  (helpful responses), coefficient `retain_weight`. The retain examples are those of every other
+  method, so that the methods differ in their losses, not in their data;
+- `retain_kl` (off by default): KL(p_M0 || p_M) on the same examples, coefficient `kl_weight`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mosr.data.examples import BENIGN, REFUSAL
+from mosr.data.examples import BENIGN, PSEUDO_MALICIOUS, REFUSAL
 from mosr.defenses import losses
 from mosr.defenses.base import Group, LossTerm, Method, Progress
 from mosr.defenses.forward import PassOutputs, PassRequest
@@ -42,7 +44,7 @@ class RefusalSft(Method):
         kl = self.options.retain_kl
         return [
             Group("refusal", (REFUSAL,), PassRequest(logits=True)),
-            Group("retain", (BENIGN,), PassRequest(logits=True, frozen_logits=kl)),
+            Group("retain", (BENIGN, PSEUDO_MALICIOUS), PassRequest(logits=True, frozen_logits=kl)),
         ]
 
     def loss_terms(self, group: str, outputs: PassOutputs, progress: Progress) -> list[LossTerm]:
