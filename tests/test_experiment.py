@@ -106,6 +106,8 @@ methods:
     markdown = paths["markdown"].read_text()
     for name in ("base model", "| sft |", "sft-weight refusal_weight=0.5", "sft-weight refusal_weight=1.0"):
         assert name in markdown
+    assert "- [base model](../base/eval/samples/)" in markdown
+    assert (tmp_path / "run" / "report" / "../base/eval/samples").is_dir()
     # refusal_weight=1.0 is sft's default, so that sweep value reuses the plain sft stage.
     stages = sorted(p.parent.name for p in (tmp_path / "run" / "methods").glob("*/stage.json"))
     assert len(stages) == 2

@@ -7,6 +7,7 @@ ablation and each sweep value), holding the `summary.json` written by `mosr eval
 from __future__ import annotations
 
 import html
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +164,9 @@ def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: s
     plot = plot_tradeoff(entries, output_dir / "tradeoff.png")
     headings, rows = _main_rows(entries)
     breakdowns = _breakdowns(entries)
-    links = [(entry.name, entry.run_dir) for entry in entries if entry.run_dir]
+    # Relative to the report, so that the links still work when the run folder is moved or published.
+    links = [(entry.name, os.path.relpath(Path(entry.run_dir) / "samples", output_dir))
+             for entry in entries if entry.run_dir]
 
     markdown = [f"# {title}", "", "Rates: value (count/total) [95% bootstrap interval].", "",
                 _markdown_table(headings, rows), ""]
@@ -173,7 +176,7 @@ def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: s
         markdown += [f"## {section_title}", "", _markdown_table(section_headings, section_rows), ""]
     if links:
         markdown += ["## Per-sample results", ""]
-        markdown += [f"- {name}: `{run_dir}/samples/`" for name, run_dir in links]
+        markdown += [f"- [{name}]({samples}/)" for name, samples in links]
     (output_dir / "report.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
 
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -187,8 +190,7 @@ def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: s
         page += [f"<h2>{html.escape(section_title)}</h2>", _html_table(section_headings, section_rows)]
     if links:
         page.append("<h2>Per-sample results</h2><ul>")
-        page += [f"<li><a href='{html.escape(str(Path(run_dir) / 'samples'))}'>{html.escape(name)}</a></li>"
-                 for name, run_dir in links]
+        page += [f"<li><a href='{html.escape(samples)}/'>{html.escape(name)}</a></li>" for name, samples in links]
         page.append("</ul>")
     page.append("</body></html>")
     (output_dir / "report.html").write_text("\n".join(page), encoding="utf-8")
