@@ -77,7 +77,7 @@ def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
     for entry in settings.benchmarks:
         path = Path(entry)
         limit = settings.limits.get(entry, settings.limit)
-        if path.suffix.lower() in (".csv", ".jsonl", ".json"):
+        if _is_prompt_file(entry):
             samples = load_prompt_file(path, settings.prompt_column, limit=limit, seed=settings.seed)
             benchmarks.append(Benchmark(path.stem, USER_FILE, samples, path))
             continue
@@ -91,12 +91,17 @@ def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
     return benchmarks
 
 
+def _is_prompt_file(entry: str) -> bool:
+    return Path(entry).suffix.lower() in (".csv", ".jsonl", ".json")
+
+
 def _check_limits(settings: EvaluationSettings) -> None:
-    names = set(settings.benchmarks) | set(expand_names([entry for entry in settings.benchmarks
-                                                         if Path(entry).suffix.lower() not in (".csv", ".jsonl", ".json")]))
+    registered = [entry for entry in settings.benchmarks if not _is_prompt_file(entry)]
+    names = set(settings.benchmarks) | set(expand_names(registered))
     for name, value in settings.limits.items():
         if name not in names:
-            raise MosrError(f"a limit is given for {name!r}, which is not among the benchmarks ({', '.join(settings.benchmarks)})")
+            raise MosrError(f"invalid limit: {name!r} is not among the benchmarks ({', '.join(settings.benchmarks)}); "
+                           f"remove its limit or add the benchmark")
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise MosrError(f"the limit for {name!r} must be a positive number of prompts, got {value!r}")
 

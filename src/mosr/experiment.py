@@ -261,10 +261,12 @@ class Study:
                     "evaluation": self._evaluation_key(), "utility": self.config.utility}
         folder = self.run_dir / "methods" / f"{spec.name.replace(' ', '_').replace('=', '-')}-{key}"
         stage = Stage(folder, settings)
-        for other in sorted((self.run_dir / "methods").glob(f"*-{key}")):
-            if not stage.done and Stage(other, settings).done:
-                logger.info("%s has the same settings as %s: reusing its results", spec.name, other.name)
-                folder, stage = other, Stage(other, settings)
+        if not stage.done:
+            finished = [other for other in sorted((self.run_dir / "methods").glob(f"*-{key}"))
+                        if Stage(other, settings).done]
+            if finished:
+                logger.info("%s has the same settings as %s: reusing its results", spec.name, finished[0].name)
+                folder, stage = finished[0], Stage(finished[0], settings)
         if not stage.done:
             logger.info("training %s", spec.name)
             loaded = self._load_base()
@@ -298,13 +300,14 @@ class Study:
                           system_prompt=self.config.system_prompt)
 
     def run(self) -> dict:
-        started = time.monotonic()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
         from mosr.defenses.methods import create_method
 
-        for spec in self.config.methods:  # option errors surface before hours of work, not after
+        started = time.monotonic()
+        # Invalid method options surface before hours of work, not after them.
+        for spec in self.config.methods:
             create_method(spec.method, spec.options)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
         base_entry = self.base_evaluation()
         self.base_analysis()
         entries = [base_entry]

@@ -44,7 +44,7 @@ class CircuitBreakersOptions:
 def retain_group(kinds: tuple[str, ...], kl: bool, *, logits: bool = False) -> Group:
     """Return the group whose representations (and, with `kl`, next-token distributions) are kept.
 
-    `logits` asks for the adapted model's logits without the frozen ones, for a cross-entropy term.
+    `logits` requests the adapted model's logits without the frozen ones, for a cross-entropy term.
     """
     request = PassRequest(states=True, frozen_states=True, logits=kl or logits, frozen_logits=kl)
     return Group("retain", kinds, request)

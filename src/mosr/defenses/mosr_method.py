@@ -10,8 +10,9 @@ Loss terms:
   response as context, then a refusal): cross-entropy on the refusal tokens and the end-of-turn
   token, coefficient `augmentation_weight`, unless `context_augmentation` is off;
 - `retain_ce` with the augmentation: cross-entropy on the retain examples' responses (benign and
-  pseudo-malicious), coefficient `retain_ce_weight`. Refusal cross-entropy alone taught SmolLM2 to
-  refuse almost every question within 16 steps; this term is its counterweight, as in refusal SFT.
+  pseudo-malicious), coefficient `retain_ce_weight`. Refusal cross-entropy alone taught
+  SmolLM2-135M-Instruct to refuse 19 of 24 XSTest safe prompts within 16 steps. This term is its
+  counterweight, as `retain_ce` is in refusal SFT.
 
 The paper gives no formulas; these are this project's definitions, and each part is a setting.
 """

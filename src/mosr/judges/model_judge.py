@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-
 from mosr.errors import MosrError
 from mosr.judges.base import Judge, Verdict, check_pairs
 from mosr.judges.refusal import classify_refusal
