@@ -123,3 +123,17 @@ methods:
     monkeypatch.setattr(experiment, "evaluate", fail)
     monkeypatch.setattr("mosr.defenses.trainer.train", fail)
     run_study(config, tmp_path / "run", data_dir=str(DATA_DIR))
+
+    # A checkout that keeps results but not adapter weights, stopped during the evaluation of a
+    # method: that method trains again and its partial evaluation, made with the lost weights, goes.
+    monkeypatch.undo()
+    monkeypatch.setattr("mosr.evaluate.generate", fixed_completions)
+    folder = next((tmp_path / "run" / "methods").glob("sft-*"))
+    (folder / "stage.json").unlink()
+    (folder / "train" / "adapter_model.safetensors").unlink()
+    stale = folder / "eval" / "stale.txt"
+    stale.write_text("made with the lost adapter")
+    run_study(config, tmp_path / "run", data_dir=str(DATA_DIR))
+    assert (folder / "train" / "adapter_model.safetensors").is_file()
+    assert (folder / "stage.json").is_file()
+    assert not stale.exists()

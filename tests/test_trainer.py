@@ -405,6 +405,19 @@ def test_finished_run_is_not_trained_again(tiny_model_dir, tmp_path):
     assert again.steps == 2
 
 
+def test_finished_run_without_weights_is_trained_again(tiny_model_dir, tmp_path):
+    settings = quick_settings(steps=2)
+    run_dir = tmp_path / "run"
+    train(load_model(str(tiny_model_dir)), make_examples(), method="sft", output_dir=run_dir, settings=settings,
+          progress=False)
+    (run_dir / "adapter_model.safetensors").unlink()
+    again = train(load_model(str(tiny_model_dir)), make_examples(), method="sft", output_dir=run_dir,
+                  settings=settings, progress=False)
+    assert again.wall_time_s > 0
+    assert (run_dir / "adapter_model.safetensors").is_file()
+    assert [record["step"] for record in _read_losses(run_dir)] == [0, 1]
+
+
 def test_other_settings_in_same_folder_are_error(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
     train(load_model(str(tiny_model_dir)), make_examples(), method="sft", output_dir=run_dir,

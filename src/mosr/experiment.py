@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,7 @@ class Study:
                 logger.info("%s has the same settings as %s: reusing its results", spec.name, finished[0].name)
                 folder, stage = finished[0], Stage(finished[0], settings)
         if not stage.done:
+            self._drop_evaluation_of_lost_adapter(folder)
             logger.info("training %s", spec.name)
             loaded = self._load_base()
             result = train(loaded, training_set, method=spec.method, output_dir=folder / "train",
@@ -283,6 +285,17 @@ class Study:
         return ReportEntry(name=spec.name, summary=read_json(folder / "eval" / "summary.json"), group=spec.group,
                            run_dir=str(folder / "eval"), training_time_s=result["training_time_s"],
                            kl_to_base=result["kl_to_base"], sweep=spec.sweep, sweep_value=spec.sweep_value)
+
+    @staticmethod
+    def _drop_evaluation_of_lost_adapter(folder: Path) -> None:
+        """Remove a partial evaluation whose adapter weights are gone, since `train` will train them again."""
+        from mosr.defenses.trainer import ADAPTER_WEIGHTS_FILE, SUMMARY_FILE
+
+        train_dir, eval_dir = folder / "train", folder / "eval"
+        if ((train_dir / SUMMARY_FILE).is_file() and not (train_dir / ADAPTER_WEIGHTS_FILE).is_file()
+                and eval_dir.exists()):
+            logger.warning("%s: the adapter of the partial evaluation is missing; evaluating again", folder.name)
+            shutil.rmtree(eval_dir)
 
     def _kl(self, loaded, base_entry: ReportEntry) -> float | None:
         """KL to the base model along the base model's own responses to the harmless benchmark."""

@@ -17,7 +17,8 @@ A run folder contains:
 - `overlap_weights.jsonl`: MOSR's per-sample erasure weights, when overlap weighting is on.
 
 Running `train` again on the same folder with the same settings continues from the newest
-checkpoint, and returns at once when the run has finished.
+checkpoint, and returns at once when the run has finished. A finished run whose adapter weights
+are gone (a checkout that keeps results but not weights) is trained again from the start.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ CONFIG_FILE = "config.json"
 LOSSES_FILE = "losses.jsonl"
 PLOT_FILE = "loss.png"
 SUMMARY_FILE = "summary.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 TRAINING_SET_DIR = "training_set"
 
 # Identity fields of the model that a resumed run must share with the original one.
@@ -263,7 +265,10 @@ def train(
     }
     resume = _prepare_run_dir(run_dir, config)
     if resume and (run_dir / SUMMARY_FILE).is_file():
-        return _finished_result(run_dir, method.name)
+        if (run_dir / ADAPTER_WEIGHTS_FILE).is_file():
+            return _finished_result(run_dir, method.name)
+        logger.warning("%s finished training but its adapter weights are missing: training it again", run_dir)
+        (run_dir / SUMMARY_FILE).unlink()
 
     torch.manual_seed(settings.seed)
     method.prepare(PreparationContext(loaded=loaded, examples=examples, run_dir=run_dir,
