@@ -294,7 +294,7 @@ class Study:
         train_dir, eval_dir = folder / "train", folder / "eval"
         if ((train_dir / SUMMARY_FILE).is_file() and not (train_dir / ADAPTER_WEIGHTS_FILE).is_file()
                 and eval_dir.exists()):
-            logger.warning("%s: the adapter of the partial evaluation is missing; evaluating again", folder.name)
+            logger.warning("%s: adapter weights missing, so the method trains and evaluates again", folder.name)
             shutil.rmtree(eval_dir)
 
     def _kl(self, loaded, base_entry: ReportEntry) -> float | None:
