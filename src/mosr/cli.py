@@ -56,6 +56,9 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--refusal-judge", help="Hugging Face id or folder of a model-based refusal judge (default: rule-based)")
     parser.add_argument("--harm-judge", help="Hugging Face id or folder of a model-based harm judge, e.g. a HarmBench "
                                              "classifier or Llama Guard (default: rule-based)")
+    parser.add_argument("--attack", action="append", default=[], metavar="NAME_OR_FILE",
+                        help="also measure attack success under this jailbreak attack: prefill, refusal-suppression, "
+                             "prefix-injection, fiction, or a .txt template with a {prompt} placeholder; repeat for several")
     parser.add_argument("--output", "-o", required=True, help="run folder; an interrupted run continues where it stopped")
     parser.set_defaults(func=_run_evaluate)
 
@@ -68,9 +71,9 @@ def _run_evaluate(args) -> int:
         benchmarks=args.benchmark, limit=args.limit, seed=args.seed, data_dir=args.data_dir,
         prompt_column=args.prompt_column, system_prompt=args.system_prompt, raw_prompts=args.raw_prompts,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        refusal_judge=args.refusal_judge, harm_judge=args.harm_judge,
+        refusal_judge=args.refusal_judge, harm_judge=args.harm_judge, attacks=args.attack,
     )
-    # Bad benchmark names and files fail here, before a model takes time to load.
+    # Bad benchmark names, files and attacks fail here, before a model takes time to load.
     resolve_benchmarks(settings)
     model = load_model(args.model, adapter=args.adapter, trust_remote_code=args.trust_remote_code)
     summary = evaluate(model, settings, args.output)

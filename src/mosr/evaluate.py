@@ -2,6 +2,7 @@
 
 A run folder holds:
 - `generations/<benchmark>.jsonl`: one response per prompt, appended as generated (resumable);
+  a benchmark under an attack is named `<benchmark>+<attack>`;
 - `samples/<benchmark>.jsonl`: the same rows with the judges' verdicts;
 - `summary.json` and `summary.md`: every rate with its count and 95% bootstrap interval;
 - `manifest.json`: model, template, settings, judges, data checksums and library versions.
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mosr.attacks import Attack, get_attacks
 from mosr.data import Sample, expand_names, load_dataset, load_prompt_file
 from mosr.data.registry import ATTACK_SUCCESS, COMPLIANCE, DATASETS, OVER_REFUSAL, REFUSAL, data_file, file_sha256
 from mosr.errors import MosrError
@@ -53,6 +55,8 @@ class EvaluationSettings:
     batch_size: int = 16
     refusal_judge: str | None = None
     harm_judge: str | None = None
+    attacks: list[str] = field(default_factory=list)
+    """Jailbreak attacks (names or template files) run on each attack-success benchmark besides the direct request."""
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -63,6 +67,7 @@ class Benchmark:
     metric: str
     samples: list[Sample]
     source: Path | None
+    attack: Attack | None = None
 
 
 def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
@@ -88,7 +93,19 @@ def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
     names = [benchmark.name for benchmark in benchmarks]
     if len(set(names)) != len(names):
         raise MosrError(f"a benchmark is given twice: {', '.join(names)}")
-    return benchmarks
+    return benchmarks + _attacked(benchmarks, get_attacks(settings.attacks))
+
+
+def _attacked(benchmarks: list[Benchmark], attacks: list[Attack]) -> list[Benchmark]:
+    """One more benchmark per attack and per benchmark of harmful requests, named `<benchmark>+<attack>`."""
+    if not attacks:
+        return []
+    harmful = [benchmark for benchmark in benchmarks if benchmark.metric in (ATTACK_SUCCESS, USER_FILE)]
+    if not harmful:
+        raise MosrError("attacks run on harmful requests: add an attack-success benchmark "
+                        "(harmbench, jailbreakbench, strongreject, advbench) or a prompt file")
+    return [Benchmark(f"{benchmark.name}+{attack.name}", benchmark.metric, benchmark.samples, benchmark.source, attack)
+            for benchmark in harmful for attack in attacks]
 
 
 def _is_prompt_file(entry: str) -> bool:
@@ -179,10 +196,11 @@ def build_manifest(loaded: LoadedModel, settings: EvaluationSettings, benchmarks
         "generation": {"decoding": "greedy", "max_new_tokens": settings.max_new_tokens,
                        "batch_size": settings.batch_size, "raw_prompts": settings.raw_prompts},
         "judges": {kind: judge.identity() for kind, judge in judges.items()},
+        "attacks": {benchmark.attack.name: benchmark.attack.identity() for benchmark in benchmarks if benchmark.attack},
         "data": {
             benchmark.name: {"file": str(benchmark.source), "sha256": file_sha256(benchmark.source),
                              "num_samples": len(benchmark.samples), "limit": settings.limit}
-            for benchmark in benchmarks if benchmark.source is not None
+            for benchmark in benchmarks if benchmark.source is not None and benchmark.attack is None
         },
         "seed": settings.seed,
         "libraries": library_versions(),
@@ -216,10 +234,13 @@ def evaluate(
 
     results = {}
     for benchmark in benchmarks:
+        attacked = [benchmark.attack.apply(sample.prompt, sample.target) if benchmark.attack else None
+                    for sample in benchmark.samples]
         generated = generate(
             loaded,
-            [sample.prompt for sample in benchmark.samples],
+            [item.user if item else sample.prompt for item, sample in zip(attacked, benchmark.samples)],
             ids=[sample.id for sample in benchmark.samples],
+            prefills=[item.prefill for item in attacked] if benchmark.attack else None,
             system_prompt=settings.system_prompt,
             raw=settings.raw_prompts,
             max_new_tokens=settings.max_new_tokens,
@@ -228,10 +249,15 @@ def evaluate(
             progress=settings.progress,
             description=benchmark.name,
         )
+        # The judges read the original request: an attack's wrapping is not what was asked for.
         records = [
             {**sample.to_dict(), **{key: value for key, value in record.items() if key not in ("id", "prompt")}}
             for sample, record in zip(benchmark.samples, generated)
         ]
+        if benchmark.attack:
+            for record, item in zip(records, attacked):
+                record["attack"] = benchmark.attack.name
+                record["attacked_prompt"] = item.user
         judge_records(records, judges["refusal"], judges["harm"])
         samples_path = run_dir / "samples" / f"{benchmark.name}.jsonl"
         samples_path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,10 @@ class Study:
         self.timings: dict[str, float] = {}
 
     def _evaluation_key(self) -> dict:
-        return {key: value for key, value in dataclasses.asdict(self.evaluation).items() if key != "data_dir"}
+        # Settings added after a study was run leave its stage keys unchanged while they keep their defaults.
+        defaults = {"attacks": []}
+        return {key: value for key, value in dataclasses.asdict(self.evaluation).items()
+                if key != "data_dir" and not (key in defaults and value == defaults[key])}
 
     def _load_base(self):
         return load_model(self.config.model)

@@ -93,6 +93,21 @@ def generate_batch(loaded: LoadedModel, batch: list[list[int]], max_new_tokens: 
     return [_decode_new_tokens(tokenizer, tokens, set(stop_ids)) for tokens in new_tokens]
 
 
+def _check_stored(done: dict[str, dict], ids: list[str], prompts: list[str], prefills: list[str] | None,
+                  path: Path) -> None:
+    """Stop when a stored sample was made from another prompt or prefill than the one now given for its id."""
+    for index, sample_id in enumerate(ids):
+        record = done.get(sample_id)
+        if record is None:
+            continue
+        prefill = None if prefills is None else prefills[index]
+        if record["prompt"] != prompts[index] or record.get("prefill") != prefill:
+            raise MosrError(
+                f"{path}: sample {sample_id!r} was generated from another prompt or prefill than the one given now "
+                f"(the data or the attack changed): use a new output folder"
+            )
+
+
 def generate(
     loaded: LoadedModel,
     prompts: list[str],
@@ -100,6 +115,7 @@ def generate(
     ids: list[str] | None = None,
     system_prompt: str | None = None,
     raw: bool = False,
+    prefills: list[str] | None = None,
     max_new_tokens: int = 128,
     batch_size: int = 16,
     output_path: str | Path | None = None,
@@ -109,8 +125,10 @@ def generate(
     """Generate a response to each prompt; return one record per prompt, in input order.
 
     Each record has `id`, `prompt`, `response`, `stop_reason` ("end_of_turn" or "length"),
-    `num_new_tokens` and `empty` (the response is empty or whitespace only). With `output_path`,
-    records are appended as batches finish and samples already in the file are not generated again.
+    `num_new_tokens` and `empty` (the response is empty or whitespace only). With `prefills`, each
+    response continues its prefill, which the record keeps as `prefill` and leaves out of
+    `response`. With `output_path`, records are appended as batches finish and samples already in
+    the file are not generated again; a stored sample whose prompt or prefill differs is an error.
     """
     if max_new_tokens <= 0:
         raise MosrError(f"--max-new-tokens must be positive, got {max_new_tokens}")
@@ -129,9 +147,11 @@ def generate(
         done = {record["id"]: record for record in read_jsonl_records(output_path)}
         if done:
             logger.info("%s: %d of %d samples already generated", output_path, len(done), len(prompts))
+        _check_stored(done, ids, prompts, prefills, output_path)
 
     todo = [index for index, sample_id in enumerate(ids) if sample_id not in done]
-    encoded = encode_chat(loaded.tokenizer, [prompts[index] for index in todo], system_prompt=system_prompt, raw=raw)
+    encoded = encode_chat(loaded.tokenizer, [prompts[index] for index in todo], system_prompt=system_prompt, raw=raw,
+                          prefills=None if prefills is None else [prefills[index] for index in todo])
     # Longest first, so that an out-of-memory error shows up in the first batch, not the last.
     order = sorted(range(len(todo)), key=lambda position: -len(encoded[position]))
 
@@ -150,6 +170,8 @@ def generate(
                     "num_new_tokens": count,
                     "empty": not text.strip(),
                 }
+                if prefills is not None:
+                    record["prefill"] = prefills[index]
                 done[ids[index]] = record
                 records.append(record)
             if output_path is not None:

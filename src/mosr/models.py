@@ -275,14 +275,24 @@ def encode_chat(
     *,
     system_prompt: str | None = None,
     raw: bool = False,
+    prefills: list[str] | None = None,
 ) -> list[list[int]]:
     """Token ids of each prompt as a single user turn followed by the assistant's generation prompt.
 
     With `raw`, prompts are tokenised as they are (for base models without a chat template).
+    `prefills` gives, per prompt, text that opens the assistant's response, so that generation
+    continues it; like message contents, it is tokenised with control tokens as plain text.
     """
+    if prefills is not None and len(prefills) != len(prompts):
+        raise MosrError(f"got {len(prefills)} prefills for {len(prompts)} prompts")
     if raw:
-        return [_encode_text(tokenizer, prompt, split_special_tokens=True) for prompt in prompts]
-    return [encode_messages(tokenizer, build_messages(prompt, system_prompt)) for prompt in prompts]
+        encoded = [_encode_text(tokenizer, prompt, split_special_tokens=True) for prompt in prompts]
+    else:
+        encoded = [encode_messages(tokenizer, build_messages(prompt, system_prompt)) for prompt in prompts]
+    if prefills is not None:
+        encoded = [ids + _encode_text(tokenizer, prefill, split_special_tokens=True) if prefill else ids
+                   for ids, prefill in zip(encoded, prefills)]
+    return encoded
 
 
 def effective_system_prompt(tokenizer, system_prompt: str | None) -> str | None:

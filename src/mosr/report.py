@@ -47,7 +47,16 @@ def _metric(entry: ReportEntry, benchmark: str, rate: str) -> dict | None:
 
 
 def _present_columns(entries: list[ReportEntry]) -> list[tuple[str, str, str]]:
-    return [column for column in COLUMNS if any(_metric(entry, column[1], column[2]) for entry in entries)]
+    """The columns that some entry has a value for; each attack on a benchmark follows its direct-request column."""
+    attacked = sorted({name for entry in entries for name in entry.summary.get("benchmarks", {}) if "+" in name})
+    columns = []
+    for heading, benchmark, rate in COLUMNS:
+        candidates = [(heading, benchmark, rate)]
+        if rate == "attack_success_rate":
+            candidates += [(f"{heading}, {name.partition('+')[2]}", name, rate)
+                           for name in attacked if name.partition("+")[0] == benchmark]
+        columns += [column for column in candidates if any(_metric(entry, column[1], rate) for entry in entries)]
+    return columns
 
 
 def _main_rows(entries: list[ReportEntry]) -> tuple[list[str], list[list[str]]]:

@@ -37,6 +37,7 @@ class Sample:
     benchmark: str
     category: str | None = None
     label: str | None = None  # "safe" or "unsafe" where the source gives one
+    target: str | None = None  # an affirmative opening for the prefill attack, where the source gives one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,7 +207,8 @@ def load_prompt_file(
     for index, (row, prompt) in enumerate(zip(rows, prompts)):
         if not prompt.strip():
             raise MosrError(f"{path}, row {index + 1}: the prompt is empty")
-        samples.append(Sample(str(row.get("id", index)), prompt.strip(), name, row.get("category"), row.get("label")))
+        samples.append(Sample(str(row.get("id", index)), prompt.strip(), name, row.get("category"), row.get("label"),
+                              row.get("target") or None))
     if limit is not None and limit <= 0:
         raise MosrError(f"--limit must be a positive number of prompts, got {limit}")
     return subsample(samples, limit, seed)
