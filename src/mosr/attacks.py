@@ -63,7 +63,7 @@ the field will check it."""
 
 @dataclass(frozen=True)
 class AttackedPrompt:
-    """What the model receives under an attack: the user turn and the opening of its response."""
+    """The user turn and the opening of the response that the model receives under an attack."""
 
     user: str
     prefill: str = ""

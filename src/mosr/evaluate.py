@@ -97,7 +97,7 @@ def resolve_benchmarks(settings: EvaluationSettings) -> list[Benchmark]:
 
 
 def _attacked(benchmarks: list[Benchmark], attacks: list[Attack]) -> list[Benchmark]:
-    """One more benchmark per attack and per benchmark of harmful requests, named `<benchmark>+<attack>`."""
+    """Build one more benchmark per attack and per benchmark of harmful requests, named `<benchmark>+<attack>`."""
     if not attacks:
         return []
     harmful = [benchmark for benchmark in benchmarks if benchmark.metric in (ATTACK_SUCCESS, USER_FILE)]
