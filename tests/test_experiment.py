@@ -55,6 +55,14 @@ def test_shipped_configs_load(name):
     assert {"circuit-breakers", "repbend", "sft", "mosr"} <= {spec.method for spec in config.methods}
 
 
+def test_unknown_attack_stops_before_run_folder(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("evaluation: {benchmarks: [harmbench], attacks: [gcg]}\nmethods: [{name: sft}]\n")
+    with pytest.raises(MosrError, match="unknown attack 'gcg'"):
+        run_study(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_report_files(tmp_path):
     def summary(asr, over):
         def rate(value):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from mosr.attacks import get_attacks
 from mosr.errors import MosrError
 from mosr.evaluate import EvaluationSettings, evaluate, load_samples
 from mosr.models import DEFAULT_MODEL, load_model
@@ -319,9 +320,10 @@ class Study:
         from mosr.defenses.methods import create_method
 
         started = time.monotonic()
-        # Invalid method options surface before hours of work, not after them.
+        # Invalid method options and attacks surface before hours of work, not after them.
         for spec in self.config.methods:
             create_method(spec.method, spec.options)
+        get_attacks(self.evaluation.attacks)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
         base_entry = self.base_evaluation()
