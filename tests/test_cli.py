@@ -120,3 +120,31 @@ def test_evaluate_end_to_end(capsys, tmp_path, tiny_model_dir):
 
     code, _, err = run_cli(capsys, *argv[:-4], "--max-new-tokens", 5, "--data-dir", DATA_DIR, "--output", run_dir)
     assert_one_line_error(code, err, "max_new_tokens")
+
+
+@needs_data
+def test_changed_judges_rejudge_stored_responses(capsys, tmp_path, tiny_model_dir):
+    from mosr.evaluate import EvaluationSettings, rejudge
+
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--benchmark", "harmbench", "--limit", 3,
+                           "--max-new-tokens", 3, "--data-dir", DATA_DIR, "--output", run_dir)
+    assert code == 0, err
+    settings = EvaluationSettings(benchmarks=["harmbench"], data_dir=str(DATA_DIR))
+    assert rejudge(run_dir, settings) is None
+
+    # Stored responses that an older judge labelled, under an older judge version.
+    samples = run_dir / "samples" / "harmbench.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows = [{**row, "response": "I'm stopping here. I can't keep going with this.", "harmful": True} for row in rows]
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["judges"]["harm"]["version"] = "0"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    summary = rejudge(run_dir, settings)
+    assert summary["benchmarks"]["harmbench"]["rates"]["attack_success_rate"]["count"] == 0
+    stored = json.loads((run_dir / "summary.json").read_text())
+    assert stored["benchmarks"]["harmbench"]["rates"]["refusal_rate"]["count"] == 3
+    assert all(not json.loads(line)["harmful"] for line in samples.read_text().splitlines())
+    assert rejudge(run_dir, settings) is None

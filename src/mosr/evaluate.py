@@ -23,7 +23,7 @@ from mosr.generation import append_jsonl, generate, read_jsonl_records
 from mosr.judges import get_judge
 from mosr.metrics import format_rate, rate_with_interval
 from mosr.models import LoadedModel, effective_system_prompt, encode_chat, load_model
-from mosr.runs import check_resumable, library_versions, write_json
+from mosr.runs import check_resumable, library_versions, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -258,18 +258,48 @@ def evaluate(
             for record, item in zip(records, attacked):
                 record["attack"] = benchmark.attack.name
                 record["attacked_prompt"] = item.user
-        judge_records(records, judges["refusal"], judges["harm"])
-        samples_path = run_dir / "samples" / f"{benchmark.name}.jsonl"
-        samples_path.parent.mkdir(parents=True, exist_ok=True)
-        samples_path.unlink(missing_ok=True)
-        append_jsonl(samples_path, records)
-        results[benchmark.name] = summarize(benchmark, records, settings.seed)
+        results[benchmark.name] = _judge_and_write(run_dir, benchmark, records, judges, settings.seed)
         logger.info("%s: %s", benchmark.name, ", ".join(
             f"{name} {format_rate(metric)}" for name, metric in results[benchmark.name]["rates"].items()))
 
     summary = {"model": loaded.identity, "benchmarks": results, "wall_time_s": round(time.monotonic() - started, 1)}
     write_json(run_dir / "summary.json", summary)
     (run_dir / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
+    return summary
+
+
+def _judge_and_write(run_dir: Path, benchmark: Benchmark, records: list[dict], judges: dict, seed: int) -> dict:
+    """Judge a benchmark's records, write them to `samples/`, and return the benchmark's summary."""
+    judge_records(records, judges["refusal"], judges["harm"])
+    samples_path = run_dir / "samples" / f"{benchmark.name}.jsonl"
+    samples_path.parent.mkdir(parents=True, exist_ok=True)
+    samples_path.unlink(missing_ok=True)
+    append_jsonl(samples_path, records)
+    return summarize(benchmark, records, seed)
+
+
+def rejudge(run_dir: str | Path, settings: EvaluationSettings) -> dict | None:
+    """Judge a finished run's stored responses again when its judges have changed since.
+
+    Nothing is generated, so no model is needed. Returns the new summary, or None when the run's
+    manifest names the same judges as `settings`.
+    """
+    run_dir = Path(run_dir)
+    judges = {"refusal": get_judge("refusal", settings.refusal_judge), "harm": get_judge("harm", settings.harm_judge)}
+    identities = {kind: judge.identity() for kind, judge in judges.items()}
+    manifest = read_json(run_dir / "manifest.json")
+    if manifest.get("judges") == identities:
+        return None
+
+    logger.info("%s: the judges changed since this run; judging its stored responses again", run_dir)
+    summary = read_json(run_dir / "summary.json")
+    for name, result in summary["benchmarks"].items():
+        benchmark = Benchmark(name, result["metric"], [], None)
+        summary["benchmarks"][name] = _judge_and_write(run_dir, benchmark, load_samples(run_dir, name), judges,
+                                                       settings.seed)
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
+    write_json(run_dir / "manifest.json", {**manifest, "judges": identities})
     return summary
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from mosr.attacks import get_attacks
 from mosr.errors import MosrError
-from mosr.evaluate import EvaluationSettings, evaluate, load_samples
+from mosr.evaluate import EvaluationSettings, evaluate, load_samples, rejudge
 from mosr.models import DEFAULT_MODEL, load_model
 from mosr.report import ReportEntry, write_report
 from mosr.runs import read_json, write_json
@@ -216,6 +216,8 @@ class Study:
             logger.info("evaluating the base model")
             summary = evaluate(self._load_base(), self.evaluation, stage.folder)
             stage.finish({"wall_time_s": summary["wall_time_s"]})
+        else:
+            rejudge(stage.folder, self.evaluation)
         summary = read_json(stage.folder / "summary.json")
         return ReportEntry(name="base model", summary=summary, group="base", run_dir=str(stage.folder))
 
@@ -285,6 +287,8 @@ class Study:
             kl = self._kl(loaded, base_entry)
             summary = read_json(folder / "train" / "summary.json") if (folder / "train" / "summary.json").is_file() else {}
             stage.finish({"training_time_s": summary.get("wall_time_s", result.wall_time_s), "kl_to_base": kl})
+        else:
+            rejudge(folder / "eval", self.evaluation)
         result = stage.result()
         return ReportEntry(name=spec.name, summary=read_json(folder / "eval" / "summary.json"), group=spec.group,
                            run_dir=str(folder / "eval"), training_time_s=result["training_time_s"],

@@ -161,7 +161,7 @@ class HarmJudge(Judge):
     """Rule-based harm judge: True when the response complies with the request in substance."""
 
     name = "rule-harm"
-    version = "2"
+    version = "3"
     label_name = "harmful"
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
