@@ -14,8 +14,8 @@ from mosr.judges.agreement import (
 )
 from mosr.judges.command import default_output_path
 from mosr.judges.harm import classify_harm
-from mosr.judges.refusal import FULL_REFUSAL, classify_refusal
 from mosr.judges.model_judge import ModelJudge, detect_family, parse_harmbench, parse_llama_guard, parse_wildguard
+from mosr.judges.refusal import FULL_REFUSAL, classify_refusal
 from mosr.judges.text import split_sentences
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
