@@ -148,3 +148,38 @@ def test_changed_judges_rejudge_stored_responses(capsys, tmp_path, tiny_model_di
     assert stored["benchmarks"]["harmbench"]["rates"]["refusal_rate"]["count"] == 3
     assert all(not json.loads(line)["harmful"] for line in samples.read_text().splitlines())
     assert rejudge(run_dir, settings) is None
+
+
+@pytest.mark.parametrize("output", ["", "a-file"])
+def test_bad_output_folder(capsys, tmp_path, output):
+    if output:
+        output = tmp_path / output
+        output.write_text("not a folder")
+    code, err = run_cli_exit(capsys, "evaluate", "--benchmark", "oktest", "--output", output)
+    assert code == 2
+    assert "Traceback" not in err
+    assert "output folder must not be empty" in err or "is a file, not a folder" in err
+
+
+def test_unwritable_output_is_one_line_error(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "judge", "refusal", DATA_DIR / "xstest" / "labeled_completions" / "gpt4.csv",
+                           "--prompt-column", "prompt", "--response-column", "completion", "-o", blocker / "out.jsonl")
+    assert code != 0
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_broken_adapter_is_one_line_error(capsys, tmp_path, tiny_model_dir):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{not json")
+    (adapter / "adapter_model.safetensors").write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--adapter", adapter, "--benchmark", "oktest",
+                           "--limit", 1, "--data-dir", DATA_DIR, "--output", tmp_path / "run")
+    assert_one_line_error(code, err, "could not load adapter")
+    (adapter / "adapter_model.safetensors").unlink()
+    code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--adapter", adapter, "--benchmark", "oktest",
+                           "--limit", 1, "--data-dir", DATA_DIR, "--output", tmp_path / "run")
+    assert_one_line_error(code, err, "has no weights")

@@ -39,7 +39,15 @@ def test_duplicate_method_names_is_error():
 @pytest.mark.parametrize(
     "text,message",
     [("- a\n- b\n", "mapping"), ("evaluation: {benchmarks: []}\n", "evaluation.benchmarks"),
-     ("modle: x\nevaluation: {benchmarks: [oktest]}\n", "unknown keys modle"), ("a: [\n", "not valid YAML")],
+     ("modle: x\nevaluation: {benchmarks: [oktest]}\n", "unknown keys modle"),
+     ("a: [\n", "not valid YAML at line 2, column 1"),
+     ("evaluation: [xstest]\n", "`evaluation` must be a mapping"),
+     ("seed: abc\nevaluation: {benchmarks: [oktest]}\nmethods: [sft]\n", "`seed` must be a whole number"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: sft\n", "`methods` must be a list"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining: {nosuch: 1}\n", "unknown training setting"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining: {steps: 0}\n", "steps must be a positive"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining_set: {nosuch: 3}\n", "unknown `training_set`"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\nanalysis: {nosuch: 3}\n", "unknown `analysis`")],
 )
 def test_bad_config_is_error(tmp_path, text, message):
     path = tmp_path / "config.yaml"
@@ -53,6 +61,13 @@ def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name)
     assert config.methods
     assert {"circuit-breakers", "repbend", "sft", "mosr"} <= {spec.method for spec in config.methods}
+
+
+def test_untyped_evaluation_setting_is_error(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("evaluation: {benchmarks: [oktest], limit: abc}\nmethods: [sft]\n")
+    with pytest.raises(MosrError, match="`limit` must be a positive whole number"):
+        run_study(config, tmp_path / "run")
 
 
 def test_unknown_attack_stops_before_run_folder(tmp_path):

@@ -64,8 +64,16 @@ def test_missing_chat_template_is_error(tiny_model):
 def test_unknown_model_names_what_was_tried(tmp_path):
     with pytest.raises(MosrError, match="GGUF file"):
         load_model(str(tmp_path / "missing.gguf"))
-    with pytest.raises(MosrError, match="could not load model"):
+    with pytest.raises(MosrError, match="model not found: .*no-such-model is not a folder"):
         load_model(str(tmp_path / "no-such-model"))
+
+
+def test_unknown_device_is_error(tmp_path):
+    with pytest.raises(MosrError, match="unknown device 'foo'"):
+        load_model(str(tmp_path), device="foo")
+    if not torch.cuda.is_available():
+        with pytest.raises(MosrError, match="not available on this machine"):
+            load_model(str(tmp_path), device="cuda")
 
 
 @pytest.mark.real_model

@@ -24,6 +24,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def output_folder(text: str) -> str:
+    """Argparse type for a run folder: not empty and not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the output folder must not be empty")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return text
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     from mosr.models import DEFAULT_MODEL
 
@@ -59,7 +68,8 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--attack", action="append", default=[], metavar="NAME_OR_FILE",
                         help="also measure attack success under this jailbreak attack: prefill, refusal-suppression, "
                              "prefix-injection, fiction, or a .txt template with a {prompt} placeholder; repeat for several")
-    parser.add_argument("--output", "-o", required=True, help="run folder; an interrupted run continues where it stopped")
+    parser.add_argument("--output", "-o", required=True, type=output_folder,
+                        help="run folder; an interrupted run continues where it stopped")
     parser.set_defaults(func=_run_evaluate)
 
 
@@ -85,7 +95,8 @@ def _run_evaluate(args) -> int:
 def _register_run(subparsers) -> None:
     parser = subparsers.add_parser("run", help="train every method of a config, evaluate them all and write one report")
     parser.add_argument("config", help="experiment config (YAML), for example configs/quick.yaml")
-    parser.add_argument("--output", "-o", required=True, help="run folder; a stopped run continues where it stopped")
+    parser.add_argument("--output", "-o", required=True, type=output_folder,
+                        help="run folder; a stopped run continues where it stopped")
     parser.add_argument("--data-dir", help="benchmark data folder (default: the config's, else $MOSR_DATA_DIR or ../shared/data)")
     parser.set_defaults(func=_run_study)
 
@@ -155,8 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     except MosrError as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
+    except OSError as error:
+        # Folders that cannot be written (a file in the way, no permission, a full disk) are the user's to fix.
+        where = f": {error.filename}" if error.filename else ""
+        sys.stderr.write(f"error: {error.strerror or error}{where}\n")
+        return 2
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted: finished samples are saved; run the same command again to continue\n")
+        sys.stderr.write("interrupted: finished work is saved; run the same command again to continue\n")
         return 130
 
 

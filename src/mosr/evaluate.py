@@ -60,6 +60,21 @@ class EvaluationSettings:
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Settings from a YAML config arrive untyped; a wrong type must fail here, not deep in a run.
+        for name in ("benchmarks", "attacks"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+                raise MosrError(f"evaluation setting `{name}` must be a list of names, got {value!r}")
+        for name in ("limit", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if value is None and name == "limit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise MosrError(f"evaluation setting `{name}` must be a positive whole number, got {value!r}")
+        if not isinstance(self.limits, dict):
+            raise MosrError(f"evaluation setting `limits` must map benchmark names to numbers, got {self.limits!r}")
+
 
 @dataclass
 class Benchmark:

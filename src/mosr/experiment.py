@@ -132,29 +132,84 @@ def load_config(path: str | Path) -> StudyConfig:
         raise MosrError(f"config not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise MosrError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except UnicodeDecodeError as error:
+        raise MosrError(f"{path} is not valid UTF-8 (byte {error.start})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MosrError(f"{path} is not valid YAML{where}: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise MosrError(f"{path}: expected a mapping of settings at the top level")
     unknown = set(raw) - TOP_LEVEL_KEYS
     if unknown:
         raise MosrError(f"{path}: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
-    evaluation = raw.get("evaluation") or {}
-    if not evaluation.get("benchmarks"):
+
+    sections = {key: _mapping(raw, key, path) for key in ("evaluation", "analysis", "training_set", "training", "utility")}
+    if not sections["evaluation"].get("benchmarks"):
         raise MosrError(f"{path}: `evaluation.benchmarks` must list at least one benchmark")
-    return StudyConfig(
+    for key in ("name", "model", "data_dir", "system_prompt"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise MosrError(f"{path}: `{key}` must be text, got {raw[key]!r}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MosrError(f"{path}: `seed` must be a whole number, got {seed!r}")
+    methods = raw.get("methods") or []
+    if not isinstance(methods, list):
+        raise MosrError(f"{path}: `methods` must be a list of method entries, got {methods!r}")
+
+    config = StudyConfig(
         name=raw.get("name", path.stem),
         model=raw.get("model", DEFAULT_MODEL),
-        seed=int(raw.get("seed", 0)),
+        seed=seed,
         data_dir=raw.get("data_dir"),
         system_prompt=raw.get("system_prompt"),
-        evaluation=evaluation,
-        analysis=raw.get("analysis") or {"enabled": False},
-        training_set=raw.get("training_set") or {},
-        training=raw.get("training") or {},
-        utility=raw.get("utility") or {},
-        methods=expand_methods(raw.get("methods") or []),
+        evaluation=sections["evaluation"],
+        analysis=sections["analysis"] or {"enabled": False},
+        training_set=sections["training_set"],
+        training=sections["training"],
+        utility=sections["utility"],
+        methods=expand_methods(methods),
     )
+    _check_sections(config, path)
+    return config
+
+
+def _mapping(raw: dict, key: str, path: Path) -> dict:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise MosrError(f"{path}: `{key}` must be a mapping of settings, got {value!r}")
+    return value
+
+
+def _check_sections(config: StudyConfig, path: Path) -> None:
+    """Check the settings of the later stages now, so that a typo stops the study before its first stage."""
+    import inspect
+
+    from mosr.analysis.run import AnalysisSettings
+    from mosr.data.training_set import build_training_set
+    from mosr.defenses.settings import TrainingSettings
+
+    for spec in config.methods:
+        if not isinstance(spec.training, dict):
+            raise MosrError(f"{path}: method {spec.name!r}: `training` must be a mapping of settings")
+        try:
+            TrainingSettings.from_dict({**config.training, **spec.training})
+        except TypeError as error:
+            raise MosrError(f"{path}: invalid training settings: {error}") from None
+
+    checks = [
+        ("training_set", config.training_set,
+         set(inspect.signature(build_training_set).parameters) - {"loaded", "output_dir", "data_dir", "seed",
+                                                                   "harm_judge", "refusal_judge", "progress"}),
+        ("analysis", config.analysis,
+         {item.name for item in dataclasses.fields(AnalysisSettings)} - {"data_dir", "seed", "eval_run", "progress"}
+         | {"enabled"}),
+        ("utility", config.utility, {"benchmark", "max_prompts"}),
+    ]
+    for section, values, known in checks:
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MosrError(f"{path}: unknown `{section}` settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
 class Stage:

@@ -134,8 +134,12 @@ def load_model(
     # A bar for loading a few hundred tensors from local disk only clutters the log and error output.
     transformers_logging.disable_progress_bar()
     torch_dtype = _resolve_dtype(dtype)
+    if device:
+        check_device(device)
     tried = []
     path = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and path.suffix != ".gguf" and not path.is_dir():
+        raise MosrError(f"model not found: {path} is not a folder (give a model folder, a .gguf file or a Hugging Face id)")
 
     try:
         if name in EMBEDDED_MODELS:
@@ -193,19 +197,38 @@ def load_model(
     return loaded
 
 
+def check_device(device: str) -> None:
+    """Raise a one-line error for a device name that torch does not know or this machine does not have."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise MosrError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(parsed.type)
+    if available is not None and not available():
+        raise MosrError(f"device {device!r} is not available on this machine: use cpu, or leave the device unset")
+
+
 def attach_adapter(loaded: LoadedModel, adapter: str | Path) -> None:
     """Wrap the model with a saved PEFT adapter and check that the adapter changes the logits."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
-        raise MosrError(f"adapter not found: {adapter} has no adapter_config.json")
+        hint = " (a study's method folder keeps its adapter in train/)" if (adapter / "train" / "adapter_config.json").is_file() else ""
+        raise MosrError(f"adapter not found: {adapter} has no adapter_config.json{hint}")
+    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise MosrError(f"adapter {adapter} has no weights (adapter_model.safetensors): train it again")
 
     probe = encode_chat(loaded.tokenizer, ["Hello, how are you?"])[0]
     input_ids = torch.tensor([probe], device=loaded.device)
     with torch.no_grad():
         base_logits = loaded.model(input_ids=input_ids).logits
-    loaded.model = PeftModel.from_pretrained(loaded.model, adapter, is_trainable=False)
+    try:
+        loaded.model = PeftModel.from_pretrained(loaded.model, adapter, is_trainable=False)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MosrError(f"could not load adapter {adapter}: {first_line}") from None
     loaded.model.eval()
     with torch.no_grad():
         adapted_logits = loaded.model(input_ids=input_ids).logits

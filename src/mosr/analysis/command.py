@@ -29,7 +29,7 @@ def _limit(text: str) -> int:
 
 def register(subparsers) -> None:
     """Add the `analyze` subcommand to the `mosr` subparsers."""
-    from mosr.cli import positive_int, add_model_arguments
+    from mosr.cli import add_model_arguments, output_folder, positive_int
 
     parser = subparsers.add_parser(
         "analyze",
@@ -65,7 +65,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the hidden-state cache")
     parser.add_argument("--no-first-token-score", action="store_true",
                         help="skip the first-token refusal score (saves one forward pass per prompt)")
-    parser.add_argument("--output", "-o", required=True, help="run folder to write analysis.json, analysis.md and plots to")
+    parser.add_argument("--output", "-o", required=True, type=output_folder, help="run folder to write analysis.json, analysis.md and plots to")
     parser.set_defaults(func=run_analyze)
 
 

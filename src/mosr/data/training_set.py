@@ -495,7 +495,7 @@ def load_training_set(path: str | Path) -> TrainingSet:
     path = Path(path)
     file = path / TRAINING_SET_FILE if path.is_dir() else path
     if not file.is_file():
-        raise MosrError(f"training set not found: {file} does not exist; build it with build_training_set")
+        raise MosrError(f"training set not found: {file} does not exist (leave out --training-set and `mosr train` builds one)")
 
     examples: dict[str, list[TrainingExample]] = {kind: [] for kind in KINDS}
     for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):

@@ -9,7 +9,7 @@ from pathlib import Path
 from mosr.defenses.lora import parse_layer_list
 from mosr.defenses.methods import METHODS
 from mosr.defenses.trainer import TRAINING_SET_DIR
-from mosr.cli import positive_int
+from mosr.cli import output_folder, positive_int
 from mosr.errors import MosrError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                         help="dtype of the model's weights; adapters train in float32 (default: float32)")
     parser.add_argument("--device", help="device to train on, e.g. cuda (default: where the model loads, the CPU)")
-    parser.add_argument("--output", "-o", required=True, help="run folder for the adapter, settings and losses")
+    parser.add_argument("--output", "-o", required=True, type=output_folder, help="run folder for the adapter, settings and losses")
 
     data = parser.add_argument_group("training data")
     data.add_argument("--training-set", metavar="DIR",
