@@ -1,10 +1,12 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from mosr.data import load_dataset, load_prompt_file, expand_names
-from mosr.data.download import FILES, download_data
+from mosr.data.download import FILES, SOURCES, download_data
+from mosr.judges.agreement import load_llamaguard_completions
 from mosr.errors import MosrError
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -93,19 +95,23 @@ def test_user_file_errors(tmp_path):
 
 @needs_data
 def test_download_from_local_mirror(tmp_path):
-    sources = {
-        "xstest": (DATA_DIR / "xstest").as_uri(),
-        "oktest": (DATA_DIR / "oktest").as_uri(),
-        "refusal_direction": (DATA_DIR / "refusal_direction").as_uri(),
-    }
+    # A mirror laid out like the source repositories, built from the local copy of each file.
+    mirror = tmp_path / "mirror"
+    for local_path, (source, remote_path) in FILES.items():
+        target = mirror / source / remote_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DATA_DIR / local_path, target)
+    sources = {source: (mirror / source).as_uri() for source in {source for source, _ in FILES.values()}}
+
     written = download_data(tmp_path / "data", sources=sources)
     assert len(written) == len(FILES)
     assert len(load_dataset("harmbench", tmp_path / "data")) == 159
+    assert len(load_llamaguard_completions(tmp_path / "data")) == 9
     assert download_data(tmp_path / "data", sources=sources) == []
 
 
 def test_download_failure_is_error(tmp_path):
-    sources = {name: (tmp_path / "missing").as_uri() for name in ("xstest", "oktest", "refusal_direction")}
+    sources = {name: (tmp_path / "missing").as_uri() for name in SOURCES}
     with pytest.raises(MosrError, match="download of"):
         download_data(tmp_path / "data", sources=sources)
     assert not list((tmp_path / "data").rglob("*.partial"))

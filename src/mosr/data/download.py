@@ -21,11 +21,24 @@ logger = logging.getLogger(__name__)
 XSTEST_BASE = "https://raw.githubusercontent.com/paul-rottger/exaggerated-safety/main"
 OKTEST_BASE = "https://raw.githubusercontent.com/InvokerStark/OverKill/main"
 REFUSAL_DIRECTION_BASE = "https://raw.githubusercontent.com/andyrdt/refusal_direction/main/dataset"
+# The refusal_direction pipeline's own runs hold the Llama Guard 2 verdicts that judge benchmarks use.
+REFUSAL_DIRECTION_RUNS_BASE = "https://raw.githubusercontent.com/andyrdt/refusal_direction/main/pipeline/runs"
 
 # Local path in the data folder -> (source, path inside the source repository).
-SOURCES = {"xstest": XSTEST_BASE, "oktest": OKTEST_BASE, "refusal_direction": REFUSAL_DIRECTION_BASE}
+SOURCES = {"xstest": XSTEST_BASE, "oktest": OKTEST_BASE, "refusal_direction": REFUSAL_DIRECTION_BASE,
+           "refusal_direction_runs": REFUSAL_DIRECTION_RUNS_BASE}
 FILES = {
     "xstest/xstest_prompts.csv": ("xstest", "xstest_prompts.csv"),
+    **{
+        f"xstest/labeled_completions/{model}.csv": ("xstest", f"model_completions/xstest_v2_completions_{model}.csv")
+        for model in ("gpt4", "llama2new", "mistralguard")
+    },
+    **{
+        f"judge_llamaguard2/{model}_{condition}.json":
+            ("refusal_direction_runs", f"{model}/completions/jailbreakbench_{condition}_evaluations.json")
+        for model in ("gemma-2b-it", "llama-2-7b-chat-hf", "qwen-1_8b-chat")
+        for condition in ("baseline", "ablation", "actadd")
+    },
     "oktest/OKTest.csv": ("oktest", "OKTest.csv"),
     "oktest/OKTest_heldout.csv": ("oktest", "OKTest_heldout.csv"),
     **{
