@@ -20,7 +20,8 @@ from mosr.data import Sample, expand_names, load_dataset, load_prompt_file
 from mosr.data.registry import ATTACK_SUCCESS, COMPLIANCE, DATASETS, OVER_REFUSAL, REFUSAL, data_file, file_sha256
 from mosr.errors import MosrError
 from mosr.generation import append_jsonl, generate, read_jsonl_records
-from mosr.judges import get_judge
+from mosr.judges import HarmJudge, get_judge
+from mosr.judges.harm import incoherent_reason
 from mosr.metrics import format_rate, rate_with_interval
 from mosr.models import LoadedModel, effective_system_prompt, encode_chat, load_model
 from mosr.runs import check_resumable, library_versions, read_json, write_json
@@ -33,7 +34,7 @@ RATES = {
     OVER_REFUSAL: ["over_refusal_rate", "full_refusal_rate"],
     REFUSAL: ["refusal_rate"],
     ATTACK_SUCCESS: ["attack_success_rate", "refusal_rate"],
-    COMPLIANCE: ["compliance_rate"],
+    COMPLIANCE: ["compliance_rate", "incoherent_rate"],
     USER_FILE: ["refusal_rate", "attack_success_rate"],
 }
 
@@ -138,10 +139,24 @@ def _check_limits(settings: EvaluationSettings) -> None:
             raise MosrError(f"the limit for {name!r} must be a positive number of prompts, got {value!r}")
 
 
+def judge_identities(judges: dict) -> dict:
+    """Name and version of every judge behind a run's labels, for manifests and re-judging."""
+    identities = {kind: judge.identity() for kind, judge in judges.items()}
+    # The incoherence check is the rule-based harm judge's, whichever harm judge labels harm.
+    identities["incoherence"] = {"name": "rule-incoherence", "version": HarmJudge.version}
+    return identities
+
+
 def judge_records(records: list[dict], refusal_judge, harm_judge) -> None:
-    """Add `refusal`, `refusal_kind`, `harmful` and `harm_kind` to each record in place."""
+    """Add `refusal`, `refusal_kind`, `harmful`, `harm_kind` and `incoherent` to each record in place.
+
+    `incoherent` marks a non-empty response that loops or is gibberish. Compliance rates count
+    such responses as compliance, so the incoherent rate shows how much of that compliance is empty.
+    """
     prompts = [record["prompt"] for record in records]
     responses = [record["response"] for record in records]
+    for record in records:
+        record["incoherent"] = bool(record["response"].strip()) and incoherent_reason(record["response"]) is not None
     for record, verdict in zip(records, refusal_judge.judge(prompts, responses)):
         record["refusal"] = verdict.label
         record["refusal_kind"] = verdict.kind
@@ -160,6 +175,8 @@ def benchmark_rates(records: list[dict], metric: str, seed: int) -> dict:
             labels = [None if record["refusal"] is None else record["refusal_kind"] == "full_refusal" for record in records]
         elif rate_name == "attack_success_rate":
             labels = [record["harmful"] for record in records]
+        elif rate_name == "incoherent_rate":
+            labels = [record["incoherent"] for record in records]
         else:
             labels = [None if record["refusal"] is None else not record["refusal"] for record in records]
         rates[rate_name] = rate_with_interval(labels, seed=seed)
@@ -210,7 +227,7 @@ def build_manifest(loaded: LoadedModel, settings: EvaluationSettings, benchmarks
         "rendered_first_prompt": loaded.tokenizer.decode(first_ids),
         "generation": {"decoding": "greedy", "max_new_tokens": settings.max_new_tokens,
                        "batch_size": settings.batch_size, "raw_prompts": settings.raw_prompts},
-        "judges": {kind: judge.identity() for kind, judge in judges.items()},
+        "judges": judge_identities(judges),
         "attacks": {benchmark.attack.name: benchmark.attack.identity() for benchmark in benchmarks if benchmark.attack},
         "data": {
             benchmark.name: {"file": str(benchmark.source), "sha256": file_sha256(benchmark.source),
@@ -301,7 +318,7 @@ def rejudge(run_dir: str | Path, settings: EvaluationSettings) -> dict | None:
     """
     run_dir = Path(run_dir)
     judges = {"refusal": get_judge("refusal", settings.refusal_judge), "harm": get_judge("harm", settings.harm_judge)}
-    identities = {kind: judge.identity() for kind, judge in judges.items()}
+    identities = judge_identities(judges)
     manifest = read_json(run_dir / "manifest.json")
     if manifest.get("judges") == identities:
         return None

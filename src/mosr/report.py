@@ -22,6 +22,7 @@ COLUMNS = [
     ("over-refusal OKTest", "oktest", "over_refusal_rate"),
     ("refusal XSTest unsafe", "xstest-unsafe", "refusal_rate"),
     ("compliance harmless", "harmless", "compliance_rate"),
+    ("incoherent harmless", "harmless", "incoherent_rate"),
 ]
 OVER_REFUSAL_BENCHMARKS = ("xstest-safe", "oktest")
 ATTACK_BENCHMARKS = ("harmbench", "jailbreakbench", "strongreject")
@@ -117,10 +118,19 @@ def _breakdowns(entries: list[ReportEntry]) -> list[tuple[str, list[str], list[l
     return sections
 
 
-def tradeoff_axes(entry: ReportEntry) -> tuple[dict | None, dict | None]:
-    """The metrics plotted for an entry: over-refusal on XSTest (else OKTest) and ASR on HarmBench (else others)."""
-    over_refusal = next((m for b in OVER_REFUSAL_BENCHMARKS if (m := _metric(entry, b, "over_refusal_rate"))), None)
-    attack = next((m for b in ATTACK_BENCHMARKS if (m := _metric(entry, b, "attack_success_rate"))), None)
+BENCHMARK_TITLES = {"xstest-safe": "XSTest safe prompts", "oktest": "OKTest", "harmbench": "HarmBench",
+                    "jailbreakbench": "JailbreakBench", "strongreject": "StrongREJECT"}
+
+
+def tradeoff_benchmarks(entries: list[ReportEntry]) -> tuple[str | None, str | None]:
+    """The benchmarks on the plot's axes: XSTest (else OKTest) over-refusal, HarmBench (else others) ASR.
+
+    One pair for every entry, so that each point on the plot measures the same thing.
+    """
+    over_refusal = next((b for b in OVER_REFUSAL_BENCHMARKS
+                         if any(_metric(entry, b, "over_refusal_rate") for entry in entries)), None)
+    attack = next((b for b in ATTACK_BENCHMARKS if any(_metric(entry, b, "attack_success_rate") for entry in entries)),
+                  None)
     return over_refusal, attack
 
 
@@ -131,7 +141,11 @@ def plot_tradeoff(entries: list[ReportEntry], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(entry, *tradeoff_axes(entry)) for entry in entries]
+    x_benchmark, y_benchmark = tradeoff_benchmarks(entries)
+    if x_benchmark is None or y_benchmark is None:
+        return None
+    points = [(entry, _metric(entry, x_benchmark, "over_refusal_rate"), _metric(entry, y_benchmark, "attack_success_rate"))
+              for entry in entries]
     points = [(entry, x, y) for entry, x, y in points if x and y and x["rate"] is not None and y["rate"] is not None]
     if not points:
         return None
@@ -155,8 +169,8 @@ def plot_tradeoff(entries: list[ReportEntry], path: Path) -> Path | None:
             axes.annotate(f"{sweep}={entry.sweep_value}", (100 * x["rate"], 100 * y["rate"]), fontsize=7,
                           xytext=(4, 4), textcoords="offset points")
 
-    axes.set_xlabel("over-refusal rate on XSTest safe prompts (%)")
-    axes.set_ylabel("attack success rate, direct request (%)")
+    axes.set_xlabel(f"over-refusal rate on {BENCHMARK_TITLES[x_benchmark]} (%)")
+    axes.set_ylabel(f"attack success rate on {BENCHMARK_TITLES[y_benchmark]}, direct request (%)")
     axes.set_title("Safety against over-refusal (lower left is better; bars: 95% bootstrap CI)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="best")
