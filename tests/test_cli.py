@@ -63,6 +63,13 @@ def test_csv_without_prompt_column(capsys, tmp_path):
     assert_one_line_error(code, err, "no column 'prompt'")
 
 
+def test_csv_with_unterminated_quote(capsys, tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text('prompt\n"How do I kill a Python process?\nWhat is a coup?\n')
+    code, _, err = run_cli(capsys, "evaluate", "--benchmark", path, "--output", tmp_path / "run")
+    assert_one_line_error(code, err, "not a valid CSV file")
+
+
 def test_empty_data_set(capsys, tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("")

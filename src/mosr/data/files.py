@@ -34,7 +34,7 @@ def read_records(path: str | Path) -> list[dict]:
 
     if suffix == ".csv":
         try:
-            rows = [dict(row) for row in csv.DictReader(text.splitlines(keepends=True))]
+            rows = [dict(row) for row in csv.DictReader(text.splitlines(keepends=True), strict=True)]
         except csv.Error as error:
             raise MosrError(f"{path} is not a valid CSV file: {error}") from None
     elif suffix == ".jsonl":
