@@ -125,7 +125,9 @@ def _attacked(benchmarks: list[Benchmark], attacks: list[Attack]) -> list[Benchm
 
 
 def _is_prompt_file(entry: str) -> bool:
-    return Path(entry).suffix.lower() in (".csv", ".jsonl", ".json")
+    # Benchmark names have no file suffix, so anything with one is a file, and a wrong type is
+    # reported as such rather than as an unknown benchmark.
+    return bool(Path(entry).suffix)
 
 
 def _check_limits(settings: EvaluationSettings) -> None:

@@ -180,6 +180,21 @@ def plot_tradeoff(entries: list[ReportEntry], path: Path) -> Path | None:
     return path
 
 
+# Below this many prompts per benchmark, the report warns that differences between models are mostly noise.
+SMALL_SAMPLE = 100
+
+
+def small_sample_caution(entries: list[ReportEntry]) -> str | None:
+    """Return a warning when the table's benchmarks are small, with the widest interval it shows."""
+    metrics = [metric for entry in entries for _, benchmark, rate in _present_columns(entries)
+               if (metric := _metric(entry, benchmark, rate)) and metric["rate"] is not None]
+    if not metrics or min(metric["total"] for metric in metrics) >= SMALL_SAMPLE:
+        return None
+    widest = max(100 * (metric["ci_high"] - metric["ci_low"]) for metric in metrics)
+    return (f"Few prompts per benchmark (as few as {min(metric['total'] for metric in metrics)}): intervals are up to "
+            f"{widest:.0f} points wide, so this table shows that the pipeline runs, not which method is best.")
+
+
 def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: str = "mosr study") -> dict:
     """Write report.md, report.html and tradeoff.png into `output_dir`; return their paths."""
     output_dir = Path(output_dir)
@@ -191,8 +206,11 @@ def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: s
     links = [(entry.name, os.path.relpath(Path(entry.run_dir) / "samples", output_dir))
              for entry in entries if entry.run_dir]
 
-    markdown = [f"# {title}", "", "Rates: value (count/total) [95% bootstrap interval].", "",
-                _markdown_table(headings, rows), ""]
+    intro = "Rates: value (count/total) [95% bootstrap interval]."
+    caution = small_sample_caution(entries)
+    if caution:
+        intro += " " + caution
+    markdown = [f"# {title}", "", intro, "", _markdown_table(headings, rows), ""]
     if plot:
         markdown += [f"![trade-off plot]({plot.name})", ""]
     for section_title, section_headings, section_rows in breakdowns:
@@ -205,7 +223,7 @@ def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: s
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}</style></head><body>",
-            f"<h1>{html.escape(title)}</h1><p>Rates: value (count/total) [95% bootstrap interval].</p>",
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>",
             _html_table(headings, rows)]
     if plot:
         page.append(f"<img src='{plot.name}' alt='trade-off plot' style='max-width:700px'>")
