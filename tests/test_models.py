@@ -68,6 +68,11 @@ def test_unknown_model_names_what_was_tried(tmp_path):
         load_model(str(tmp_path / "no-such-model"))
 
 
+def test_folder_without_config_is_error(tmp_path):
+    with pytest.raises(MosrError, match="has no config.json"):
+        load_model(str(tmp_path))
+
+
 def test_unknown_device_is_error(tmp_path):
     with pytest.raises(MosrError, match="unknown device 'foo'"):
         load_model(str(tmp_path), device="foo")

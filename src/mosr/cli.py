@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from mosr import __version__
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Model downloads are the user's choice; mosr itself never needs the hub once files are local.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft asks transformers a deprecated question on every adapter load; the warning is not the user's to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         return args.func(args)
     except MosrError as error:

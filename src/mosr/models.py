@@ -155,6 +155,8 @@ def load_model(
             source = str(path.resolve())
         elif path.is_dir():
             tried.append(f"local folder {path}")
+            if not (path / "config.json").is_file():
+                raise MosrError(f"model not found: {path} has no config.json, so it is not a Hugging Face model folder")
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
             source = str(path.resolve())
