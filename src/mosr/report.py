@@ -123,7 +123,7 @@ BENCHMARK_TITLES = {"xstest-safe": "XSTest safe prompts", "oktest": "OKTest", "h
 
 
 def tradeoff_benchmarks(entries: list[ReportEntry]) -> tuple[str | None, str | None]:
-    """The benchmarks on the plot's axes: XSTest (else OKTest) over-refusal, HarmBench (else others) ASR.
+    """Choose the benchmarks on the plot's axes: XSTest (else OKTest) over-refusal, HarmBench (else others) ASR.
 
     One pair for every entry, so that each point on the plot measures the same thing.
     """
