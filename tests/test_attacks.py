@@ -148,3 +148,17 @@ def test_report_puts_attack_column_after_direct_one():
                               for name in ("harmbench", "harmbench+prefill", "jailbreakbench")}}
     headings = [column[0] for column in _present_columns([ReportEntry(name="m", summary=summary)])]
     assert headings == ["ASR HarmBench", "ASR HarmBench, prefill", "ASR JailbreakBench"]
+
+
+@needs_data
+def test_refused_rerun_keeps_manifest(capsys, tmp_path, tiny_model_dir):
+    template = tmp_path / "wrap.txt"
+    template.write_text("First version: {prompt}")
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--benchmark", "harmbench", "--attack", str(template),
+            "--limit", "2", "--max-new-tokens", "2", "--data-dir", str(DATA_DIR), "--output", str(tmp_path / "run")]
+    assert main(argv) == 0
+    manifest = (tmp_path / "run" / "manifest.json").read_text()
+    template.write_text("Second version: {prompt}")
+    assert main(argv) == 2
+    assert "another prompt or prefill" in capsys.readouterr().err
+    assert (tmp_path / "run" / "manifest.json").read_text() == manifest

@@ -178,10 +178,23 @@ def test_unwritable_output_is_one_line_error(capsys, tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("config, message", [
+    ("[1, 2]", "not a PEFT adapter config"), ("{}", "not a PEFT adapter config"), ("{not json", "not valid JSON"),
+])
+def test_adapter_config_checked_before_model_loads(capsys, tmp_path, config, message):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(config)
+    code, _, err = run_cli(capsys, "evaluate", "--model", tmp_path / "no-model", "--adapter", adapter,
+                           "--benchmark", "oktest", "--limit", 1, "--data-dir", DATA_DIR, "--output", tmp_path / "run")
+    # The adapter is checked first: the missing model folder is never reached.
+    assert_one_line_error(code, err, message)
+
+
 def test_broken_adapter_is_one_line_error(capsys, tmp_path, tiny_model_dir):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{not json")
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": "x", "target_modules": 5}')
     (adapter / "adapter_model.safetensors").write_bytes(b"garbage")
     code, _, err = run_cli(capsys, "evaluate", "--model", tiny_model_dir, "--adapter", adapter, "--benchmark", "oktest",
                            "--limit", 1, "--data-dir", DATA_DIR, "--output", tmp_path / "run")

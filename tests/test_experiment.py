@@ -47,7 +47,16 @@ def test_duplicate_method_names_is_error():
      ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining: {nosuch: 1}\n", "unknown training setting"),
      ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining: {steps: 0}\n", "steps must be a positive"),
      ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining_set: {nosuch: 3}\n", "unknown `training_set`"),
-     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\nanalysis: {nosuch: 3}\n", "unknown `analysis`")],
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\nanalysis: {nosuch: 3}\n", "unknown `analysis`"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [1]\n", "a method entry must be a name or a mapping"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [{name: sft, options: [1]}]\n", "`options` must be a mapping"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [{name: [a]}]\n", "needs a `name`"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [{name: sft, options: {refusal_weight: abc}}]\n",
+      "invalid options for sft"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\ntraining_set: {max_new_tokens: abc}\n",
+      "`training_set.max_new_tokens` must be a whole number"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\nutility: {max_prompts: abc}\n", "`utility.max_prompts`"),
+     ("evaluation: {benchmarks: [oktest]}\nmethods: [sft]\nanalysis: {enabled: 'no'}\n", "true or false")],
 )
 def test_bad_config_is_error(tmp_path, text, message):
     path = tmp_path / "config.yaml"
@@ -68,6 +77,20 @@ def test_untyped_evaluation_setting_is_error(tmp_path):
     config.write_text("evaluation: {benchmarks: [oktest], limit: abc}\nmethods: [sft]\n")
     with pytest.raises(MosrError, match="`limit` must be a positive whole number"):
         run_study(config, tmp_path / "run")
+
+
+@needs_data
+@pytest.mark.parametrize("evaluation, message", [
+    ("{benchmarks: [nosuch]}", "unknown evaluation data set"),
+    ("{benchmarks: [oktest], attacks: [prefill]}", "attacks run on harmful requests"),
+    ("{benchmarks: [oktest]}", "utility.benchmark 'harmless' is not among"),
+])
+def test_bad_benchmarks_stop_before_run_folder(tmp_path, evaluation, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"evaluation: {evaluation}\nmethods: [sft]\n")
+    with pytest.raises(MosrError, match=message):
+        run_study(config, tmp_path / "run", data_dir=str(DATA_DIR))
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_attack_stops_before_run_folder(tmp_path):

@@ -84,8 +84,9 @@ def _run_evaluate(args) -> int:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         refusal_judge=args.refusal_judge, harm_judge=args.harm_judge, attacks=args.attack,
     )
-    # Bad benchmark names, files and attacks fail here, before a model takes time to load.
+    # Bad benchmark names, files, attacks and output folders fail here, before a model takes time to load.
     resolve_benchmarks(settings)
+    Path(args.output).mkdir(parents=True, exist_ok=True)
     model = load_model(args.model, adapter=args.adapter, trust_remote_code=args.trust_remote_code)
     summary = evaluate(model, settings, args.output)
     sys.stdout.write(Path(args.output, "summary.md").read_text(encoding="utf-8"))

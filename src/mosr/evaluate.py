@@ -19,7 +19,7 @@ from mosr.attacks import Attack, get_attacks
 from mosr.data import Sample, expand_names, load_dataset, load_prompt_file
 from mosr.data.registry import ATTACK_SUCCESS, COMPLIANCE, DATASETS, OVER_REFUSAL, REFUSAL, data_file, file_sha256
 from mosr.errors import MosrError
-from mosr.generation import append_jsonl, generate, read_jsonl_records
+from mosr.generation import append_jsonl, check_stored_generations, generate, read_jsonl_records
 from mosr.judges import HarmJudge, get_judge
 from mosr.judges.harm import incoherent_reason
 from mosr.metrics import format_rate, rate_with_interval
@@ -264,17 +264,22 @@ def evaluate(
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     check_resumable(run_dir, fingerprint)
+    inputs = {benchmark.name: _model_inputs(benchmark) for benchmark in benchmarks}
+    # Stored samples made from other prompts (changed data or attack templates) stop the run
+    # before the manifest is rewritten, so that it keeps describing the samples on disk.
+    for benchmark in benchmarks:
+        check_stored_generations(run_dir / "generations" / f"{benchmark.name}.jsonl",
+                                 [sample.id for sample in benchmark.samples], *inputs[benchmark.name])
     write_json(run_dir / "manifest.json", build_manifest(loaded, settings, benchmarks, judges))
 
     results = {}
     for benchmark in benchmarks:
-        attacked = [benchmark.attack.apply(sample.prompt, sample.target) if benchmark.attack else None
-                    for sample in benchmark.samples]
+        prompts, prefills = inputs[benchmark.name]
         generated = generate(
             loaded,
-            [item.user if item else sample.prompt for item, sample in zip(attacked, benchmark.samples)],
+            prompts,
             ids=[sample.id for sample in benchmark.samples],
-            prefills=[item.prefill for item in attacked] if benchmark.attack else None,
+            prefills=prefills,
             system_prompt=settings.system_prompt,
             raw=settings.raw_prompts,
             max_new_tokens=settings.max_new_tokens,
@@ -289,9 +294,9 @@ def evaluate(
             for sample, record in zip(benchmark.samples, generated)
         ]
         if benchmark.attack:
-            for record, item in zip(records, attacked):
+            for record, prompt in zip(records, prompts):
                 record["attack"] = benchmark.attack.name
-                record["attacked_prompt"] = item.user
+                record["attacked_prompt"] = prompt
         results[benchmark.name] = _judge_and_write(run_dir, benchmark, records, judges, settings.seed)
         logger.info("%s: %s", benchmark.name, ", ".join(
             f"{name} {format_rate(metric)}" for name, metric in results[benchmark.name]["rates"].items()))
@@ -300,6 +305,14 @@ def evaluate(
     write_json(run_dir / "summary.json", summary)
     (run_dir / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
     return summary
+
+
+def _model_inputs(benchmark: Benchmark) -> tuple[list[str], list[str] | None]:
+    """The user turns and response prefills that the model receives for a benchmark (prefills None without an attack)."""
+    if benchmark.attack is None:
+        return [sample.prompt for sample in benchmark.samples], None
+    attacked = [benchmark.attack.apply(sample.prompt, sample.target) for sample in benchmark.samples]
+    return [item.user for item in attacked], [item.prefill for item in attacked]
 
 
 def _judge_and_write(run_dir: Path, benchmark: Benchmark, records: list[dict], judges: dict, seed: int) -> dict:

@@ -25,7 +25,7 @@ import yaml
 
 from mosr.attacks import get_attacks
 from mosr.errors import MosrError
-from mosr.evaluate import EvaluationSettings, evaluate, load_samples, rejudge
+from mosr.evaluate import EvaluationSettings, evaluate, load_samples, rejudge, resolve_benchmarks
 from mosr.models import DEFAULT_MODEL, load_model
 from mosr.report import ReportEntry, write_report
 from mosr.runs import read_json, write_json
@@ -100,12 +100,16 @@ def expand_methods(entries: list[dict]) -> list[MethodSpec]:
     for entry in entries:
         if isinstance(entry, str):
             entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise MosrError(f"a method entry must be a name or a mapping with a `name`, got {entry!r}")
         unknown = set(entry) - METHOD_KEYS
         if unknown:
             raise MosrError(f"method {entry.get('name')!r}: unknown keys {', '.join(sorted(unknown))}")
-        if "name" not in entry:
-            raise MosrError("every method entry needs a `name`")
+        if not isinstance(entry.get("name"), str) or not isinstance(entry.get("method", ""), str):
+            raise MosrError(f"every method entry needs a `name` (and, if given, a `method`) as text, got {entry!r}")
         options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            raise MosrError(f"method {entry['name']!r}: `options` must be a mapping, got {options!r}")
         base = dict(name=entry["name"], method=entry.get("method", entry["name"]), group=entry.get("group", "method"),
                     training=entry.get("training") or {})
         sweeps = _find_sweeps(options)
@@ -174,6 +178,10 @@ def load_config(path: str | Path) -> StudyConfig:
     return config
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _mapping(raw: dict, key: str, path: Path) -> dict:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
@@ -189,7 +197,20 @@ def _check_sections(config: StudyConfig, path: Path) -> None:
     from mosr.data.training_set import build_training_set
     from mosr.defenses.settings import TrainingSettings
 
+    for key, value in config.training_set.items():
+        valid = (isinstance(value, list) and len(value) == 2 and all(_is_count(item) for item in value)
+                 if key == "augmentation_range" else value is None or _is_count(value))
+        if not valid:
+            raise MosrError(f"{path}: `training_set.{key}` must be a whole number (or null for all), got {value!r}")
+    if "max_prompts" in config.utility and not (_is_count(config.utility["max_prompts"]) and config.utility["max_prompts"] > 0):
+        raise MosrError(f"{path}: `utility.max_prompts` must be a positive whole number, got {config.utility['max_prompts']!r}")
+    if not isinstance(config.analysis.get("enabled", True), bool):
+        raise MosrError(f"{path}: `analysis.enabled` must be true or false, got {config.analysis['enabled']!r}")
+
+    from mosr.defenses.methods import create_method
+
     for spec in config.methods:
+        create_method(spec.method, spec.options)
         if not isinstance(spec.training, dict):
             raise MosrError(f"{path}: method {spec.name!r}: `training` must be a mapping of settings")
         try:
@@ -257,8 +278,12 @@ class Study:
     def _evaluation_key(self) -> dict:
         # Settings added after a study was run leave its stage keys unchanged while they keep their defaults.
         defaults = {"attacks": []}
-        return {key: value for key, value in dataclasses.asdict(self.evaluation).items()
-                if key != "data_dir" and not (key in defaults and value == defaults[key])}
+        key = {name: value for name, value in dataclasses.asdict(self.evaluation).items()
+               if name != "data_dir" and not (name in defaults and value == defaults[name])}
+        if self.evaluation.attacks:
+            # A template file's text, not only its name, decides the attacked prompts.
+            key["attacks"] = [attack.identity() for attack in get_attacks(self.evaluation.attacks)]
+        return key
 
     def _load_base(self):
         return load_model(self.config.model)
@@ -379,10 +404,14 @@ class Study:
         from mosr.defenses.methods import create_method
 
         started = time.monotonic()
-        # Invalid method options and attacks surface before hours of work, not after them.
+        # Invalid method options, benchmarks and attacks surface before hours of work, not after them.
         for spec in self.config.methods:
             create_method(spec.method, spec.options)
-        get_attacks(self.evaluation.attacks)
+        benchmarks = [benchmark.name for benchmark in resolve_benchmarks(self.evaluation)]
+        utility_benchmark = self.config.utility.get("benchmark", "harmless")
+        if self.config.methods and utility_benchmark not in benchmarks:
+            raise MosrError(f"utility.benchmark {utility_benchmark!r} is not among the evaluated benchmarks "
+                            f"({', '.join(benchmarks)}): add it to evaluation.benchmarks or choose another")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", dataclasses.asdict(self.config))
         base_entry = self.base_evaluation()

@@ -93,9 +93,14 @@ def generate_batch(loaded: LoadedModel, batch: list[list[int]], max_new_tokens: 
     return [_decode_new_tokens(tokenizer, tokens, set(stop_ids)) for tokens in new_tokens]
 
 
+def check_stored_generations(path: Path, ids: list[str], prompts: list[str], prefills: list[str] | None) -> None:
+    """Raise when a sample stored in `path` was made from another prompt or prefill than the one now given for its id."""
+    if path.is_file():
+        _check_stored({record["id"]: record for record in read_jsonl_records(path)}, ids, prompts, prefills, path)
+
+
 def _check_stored(done: dict[str, dict], ids: list[str], prompts: list[str], prefills: list[str] | None,
                   path: Path) -> None:
-    """Stop when a stored sample was made from another prompt or prefill than the one now given for its id."""
     for index, sample_id in enumerate(ids):
         record = done.get(sample_id)
         if record is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype)
     if device:
         check_device(device)
+    if adapter is not None:
+        check_adapter_folder(adapter)
     tried = []
     path = Path(name).expanduser()
     if name.startswith((".", "/", "~")) and path.suffix != ".gguf" and not path.is_dir():
@@ -210,17 +213,30 @@ def check_device(device: str) -> None:
         raise MosrError(f"device {device!r} is not available on this machine: use cpu, or leave the device unset")
 
 
+def check_adapter_folder(adapter: str | Path) -> None:
+    """Raise a one-line error unless `adapter` looks like a saved PEFT adapter: a config and weights."""
+    adapter = Path(adapter)
+    config_path = adapter / "adapter_config.json"
+    if not config_path.is_file():
+        hint = " (a study's method folder keeps its adapter in train/)" if (adapter / "train" / "adapter_config.json").is_file() else ""
+        raise MosrError(f"adapter not found: {adapter} has no adapter_config.json{hint}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MosrError(f"{config_path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise MosrError(f"{config_path} is not a PEFT adapter config (it has no peft_type)")
+    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise MosrError(f"adapter {adapter} has no weights (adapter_model.safetensors): train it again")
+
+
 def attach_adapter(loaded: LoadedModel, adapter: str | Path) -> None:
     """Wrap the model with a saved PEFT adapter and check that the adapter changes the logits."""
     from peft import PeftModel
     from safetensors import SafetensorError
 
     adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file():
-        hint = " (a study's method folder keeps its adapter in train/)" if (adapter / "train" / "adapter_config.json").is_file() else ""
-        raise MosrError(f"adapter not found: {adapter} has no adapter_config.json{hint}")
-    if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
-        raise MosrError(f"adapter {adapter} has no weights (adapter_model.safetensors): train it again")
+    check_adapter_folder(adapter)
 
     probe = encode_chat(loaded.tokenizer, ["Hello, how are you?"])[0]
     input_ids = torch.tensor([probe], device=loaded.device)
@@ -228,7 +244,7 @@ def attach_adapter(loaded: LoadedModel, adapter: str | Path) -> None:
         base_logits = loaded.model(input_ids=input_ids).logits
     try:
         loaded.model = PeftModel.from_pretrained(loaded.model, adapter, is_trainable=False)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MosrError(f"could not load adapter {adapter}: {first_line}") from None
     loaded.model.eval()

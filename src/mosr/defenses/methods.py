@@ -17,4 +17,8 @@ def create_method(name: str, options: dict | None = None) -> Method:
     if name not in METHODS:
         raise MosrError(f"unknown defense method {name!r}: choose from {', '.join(METHODS)}")
     method_class = METHODS[name]
-    return method_class(options_from_dict(method_class.options_class, options))
+    try:
+        return method_class(options_from_dict(method_class.options_class, options))
+    except (TypeError, ValueError) as error:
+        # Options from YAML arrive untyped: "abc" where a number belongs fails in a comparison.
+        raise MosrError(f"invalid options for {name}: {error}") from None
