@@ -19,7 +19,7 @@ from mosr.attacks import Attack, get_attacks
 from mosr.data import Sample, expand_names, load_dataset, load_prompt_file
 from mosr.data.registry import ATTACK_SUCCESS, COMPLIANCE, DATASETS, OVER_REFUSAL, REFUSAL, data_file, file_sha256
 from mosr.errors import MosrError
-from mosr.generation import append_jsonl, check_stored_generations, generate, read_jsonl_records
+from mosr.generation import append_jsonl, generate, read_jsonl_records
 from mosr.judges import HarmJudge, get_judge
 from mosr.judges.harm import incoherent_reason
 from mosr.metrics import format_rate, rate_with_interval
@@ -265,11 +265,6 @@ def evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
     check_resumable(run_dir, fingerprint)
     inputs = {benchmark.name: _model_inputs(benchmark) for benchmark in benchmarks}
-    # Stored samples made from other prompts (changed data or attack templates) stop the run
-    # before the manifest is rewritten, so that it keeps describing the samples on disk.
-    for benchmark in benchmarks:
-        check_stored_generations(run_dir / "generations" / f"{benchmark.name}.jsonl",
-                                 [sample.id for sample in benchmark.samples], *inputs[benchmark.name])
     write_json(run_dir / "manifest.json", build_manifest(loaded, settings, benchmarks, judges))
 
     results = {}

@@ -93,24 +93,25 @@ def generate_batch(loaded: LoadedModel, batch: list[list[int]], max_new_tokens: 
     return [_decode_new_tokens(tokenizer, tokens, set(stop_ids)) for tokens in new_tokens]
 
 
-def check_stored_generations(path: Path, ids: list[str], prompts: list[str], prefills: list[str] | None) -> None:
-    """Raise when a sample stored in `path` was made from another prompt or prefill than the one now given for its id."""
-    if path.is_file():
-        _check_stored({record["id"]: record for record in read_jsonl_records(path)}, ids, prompts, prefills, path)
+def _drop_stale(done: dict[str, dict], ids: list[str], prompts: list[str], prefills: list[str] | None,
+                path: Path) -> dict[str, dict]:
+    """Remove stored samples made from another prompt or prefill than the one now given for their id.
 
-
-def _check_stored(done: dict[str, dict], ids: list[str], prompts: list[str], prefills: list[str] | None,
-                  path: Path) -> None:
-    for index, sample_id in enumerate(ids):
-        record = done.get(sample_id)
-        if record is None:
-            continue
-        prefill = None if prefills is None else prefills[index]
-        if record["prompt"] != prompts[index] or record.get("prefill") != prefill:
-            raise MosrError(
-                f"{path}: sample {sample_id!r} was generated from another prompt or prefill than the one given now "
-                f"(the data or the attack changed): use a new output folder"
-            )
+    The file is rewritten without them, so that they are generated again and never mixed with
+    current samples (after an edited data file or attack template, for example).
+    """
+    expected = {sample_id: (prompts[index], None if prefills is None else prefills[index])
+                for index, sample_id in enumerate(ids)}
+    stale = [sample_id for sample_id, record in done.items()
+             if sample_id in expected and (record["prompt"], record.get("prefill")) != expected[sample_id]]
+    if not stale:
+        return done
+    logger.warning("%s: %d stored samples were made from other prompts or prefills (changed data or attack); "
+                   "generating them again", path, len(stale))
+    kept = {sample_id: record for sample_id, record in done.items() if sample_id not in set(stale)}
+    path.unlink()
+    append_jsonl(path, list(kept.values()))
+    return kept
 
 
 def generate(
@@ -133,7 +134,7 @@ def generate(
     `num_new_tokens` and `empty` (the response is empty or whitespace only). With `prefills`, each
     response continues its prefill, which the record keeps as `prefill` and leaves out of
     `response`. With `output_path`, records are appended as batches finish and samples already in
-    the file are not generated again; a stored sample whose prompt or prefill differs is an error.
+    the file are not generated again; a stored sample whose prompt or prefill differs is generated again.
     """
     if max_new_tokens <= 0:
         raise MosrError(f"--max-new-tokens must be positive, got {max_new_tokens}")
@@ -150,9 +151,9 @@ def generate(
         output_path = Path(output_path)
         output_path.parent.mkdir(parents=True, exist_ok=True)
         done = {record["id"]: record for record in read_jsonl_records(output_path)}
+        done = _drop_stale(done, ids, prompts, prefills, output_path)
         if done:
             logger.info("%s: %d of %d samples already generated", output_path, len(done), len(prompts))
-        _check_stored(done, ids, prompts, prefills, output_path)
 
     todo = [index for index, sample_id in enumerate(ids) if sample_id not in done]
     encoded = encode_chat(loaded.tokenizer, [prompts[index] for index in todo], system_prompt=system_prompt, raw=raw,
