@@ -108,10 +108,10 @@ def _drop_stale(done: dict[str, dict], ids: list[str], prompts: list[str], prefi
         return done
     logger.warning("%s: %d stored samples were made from other prompts or prefills (changed data or attack); "
                    "generating them again", path, len(stale))
-    kept = {sample_id: record for sample_id, record in done.items() if sample_id not in set(stale)}
+    current = {sample_id: record for sample_id, record in done.items() if sample_id not in set(stale)}
     path.unlink()
-    append_jsonl(path, list(kept.values()))
-    return kept
+    append_jsonl(path, list(current.values()))
+    return current
 
 
 def generate(
