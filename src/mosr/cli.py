@@ -76,7 +76,7 @@ def _register_evaluate(subparsers) -> None:
 
 def _run_evaluate(args) -> int:
     from mosr.evaluate import EvaluationSettings, evaluate, resolve_benchmarks
-    from mosr.models import load_model
+    from mosr.models import check_adapter_folder, load_model
 
     settings = EvaluationSettings(
         benchmarks=args.benchmark, limit=args.limit, seed=args.seed, data_dir=args.data_dir,
@@ -86,6 +86,8 @@ def _run_evaluate(args) -> int:
     )
     # Bad benchmark names, files, attacks and output folders fail here, before a model takes time to load.
     resolve_benchmarks(settings)
+    if args.adapter:
+        check_adapter_folder(args.adapter)
     Path(args.output).mkdir(parents=True, exist_ok=True)
     model = load_model(args.model, adapter=args.adapter, trust_remote_code=args.trust_remote_code)
     summary = evaluate(model, settings, args.output)
