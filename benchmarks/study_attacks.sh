@@ -1,9 +1,10 @@
 #!/bin/bash
-# HarmBench under the prefill and refusal-suppression attacks, for each trained method of a study.
+# HarmBench under jailbreak attacks, for each trained method of a study.
 #
-# Usage: benchmarks/study_attacks.sh [STUDY_DIR] [OUTPUT_DIR]
+# Usage: [ATTACKS="prefill fiction"] benchmarks/study_attacks.sh [STUDY_DIR] [OUTPUT_DIR]
 #   STUDY_DIR   a finished `mosr run` folder with its adapters (default: docs/study/smollm2-full)
 #   OUTPUT_DIR  one evaluation folder per method goes here (default: runs/attacks)
+#   ATTACKS     the attacks to run (default: prefill refusal-suppression)
 #
 # Settings match configs/smollm2-full.yaml (64 new tokens, batch 32). Each method's direct-request
 # generations are copied from the study, so only the attacked prompts are generated. mosr checks
@@ -11,6 +12,10 @@
 set -euo pipefail
 study=${1:-docs/study/smollm2-full}
 output=${2:-runs/attacks}
+attack_args=()
+for attack in ${ATTACKS:-prefill refusal-suppression}; do
+  attack_args+=(--attack "$attack")
+done
 
 for method_dir in "$study"/methods/*/; do
   name=$(basename "$method_dir")
@@ -24,5 +29,5 @@ for method_dir in "$study"/methods/*/; do
     cp "$method_dir/eval/generations/harmbench.jsonl" "$output/$name/generations/"
   fi
   .venv/bin/mosr evaluate --adapter "$method_dir/train" --benchmark harmbench \
-    --attack prefill --attack refusal-suppression --max-new-tokens 64 --batch-size 32 --output "$output/$name"
+    "${attack_args[@]}" --max-new-tokens 64 --batch-size 32 --output "$output/$name"
 done
