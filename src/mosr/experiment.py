@@ -276,12 +276,11 @@ class Study:
         self.timings: dict[str, float] = {}
 
     def _evaluation_key(self) -> dict:
-        # Settings added after a study was run leave its stage keys unchanged while they keep their defaults.
-        defaults = {"attacks": []}
         key = {name: value for name, value in dataclasses.asdict(self.evaluation).items()
-               if name != "data_dir" and not (name in defaults and value == defaults[name])}
+               if name not in ("data_dir", "attacks")}
+        # Attacks enter the key only when given, so studies from before attacks existed keep their keys.
+        # Their identities, not their names, go in, because a template file's text decides the prompts.
         if self.evaluation.attacks:
-            # A template file's text, not only its name, decides the attacked prompts.
             key["attacks"] = [attack.identity() for attack in get_attacks(self.evaluation.attacks)]
         return key
 
@@ -401,12 +400,9 @@ class Study:
                           system_prompt=self.config.system_prompt)
 
     def run(self) -> dict:
-        from mosr.defenses.methods import create_method
-
         started = time.monotonic()
-        # Invalid method options, benchmarks and attacks surface before hours of work, not after them.
-        for spec in self.config.methods:
-            create_method(spec.method, spec.options)
+        # Invalid benchmarks and attacks surface before hours of work, not after them (`load_config`
+        # has checked the method options already).
         benchmarks = [benchmark.name for benchmark in resolve_benchmarks(self.evaluation)]
         utility_benchmark = self.config.utility.get("benchmark", "harmless")
         if self.config.methods and utility_benchmark not in benchmarks:

@@ -102,13 +102,13 @@ def _drop_stale(done: dict[str, dict], ids: list[str], prompts: list[str], prefi
     """
     expected = {sample_id: (prompts[index], None if prefills is None else prefills[index])
                 for index, sample_id in enumerate(ids)}
-    stale = [sample_id for sample_id, record in done.items()
-             if sample_id in expected and (record["prompt"], record.get("prefill")) != expected[sample_id]]
+    stale = {sample_id for sample_id, record in done.items()
+             if sample_id in expected and (record["prompt"], record.get("prefill")) != expected[sample_id]}
     if not stale:
         return done
-    logger.warning("%s: %d stored samples were made from other prompts or prefills (changed data or attack); "
-                   "generating them again", path, len(stale))
-    current = {sample_id: record for sample_id, record in done.items() if sample_id not in set(stale)}
+    logger.warning("%s: %d stored samples were made from other prompts or prefills (changed data or attack), "
+                   "so they are generated again", path, len(stale))
+    current = {sample_id: record for sample_id, record in done.items() if sample_id not in stale}
     path.unlink()
     append_jsonl(path, list(current.values()))
     return current

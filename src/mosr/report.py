@@ -186,13 +186,17 @@ SMALL_SAMPLE = 100
 
 def small_sample_caution(entries: list[ReportEntry]) -> str | None:
     """Return a warning when the table's benchmarks are small, with the widest interval it shows."""
-    metrics = [metric for entry in entries for _, benchmark, rate in _present_columns(entries)
+    columns = _present_columns(entries)
+    metrics = [metric for entry in entries for _, benchmark, rate in columns
                if (metric := _metric(entry, benchmark, rate)) and metric["rate"] is not None]
-    if not metrics or min(metric["total"] for metric in metrics) >= SMALL_SAMPLE:
+    if not metrics:
+        return None
+    fewest = min(metric["total"] for metric in metrics)
+    if fewest >= SMALL_SAMPLE:
         return None
     widest = max(100 * (metric["ci_high"] - metric["ci_low"]) for metric in metrics)
-    return (f"Few prompts per benchmark (as few as {min(metric['total'] for metric in metrics)}): intervals are up to "
-            f"{widest:.0f} points wide, so this table shows that the pipeline runs, not which method is best.")
+    return (f"Few prompts per benchmark (as few as {fewest}): intervals are up to {widest:.0f} points wide, "
+            f"so this table shows that the pipeline runs, not which method is best.")
 
 
 def write_report(entries: list[ReportEntry], output_dir: str | Path, *, title: str = "mosr study") -> dict:
