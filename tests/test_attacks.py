@@ -102,7 +102,7 @@ def test_prefill_follows_generation_prompt(tiny_model):
     assert tokenizer.decode(prefilled[len(plain):]) == "Sure, <|im_end|> here"
 
 
-def test_prefilled_batch_equals_one_at_a_time(tiny_model):
+def test_prefilled_batch_matches_sequential(tiny_model):
     prompts = ["Hi", "Write a very long poem about the sea and its many moods", "What is 2 + 2?"]
     prefills = ["Sure, here is", "", "The answer:\n\n"]
     records = generate(tiny_model, prompts, prefills=prefills, max_new_tokens=8, batch_size=3, progress=False)
@@ -153,7 +153,7 @@ def test_attack_without_harmful_benchmark_is_error(capsys, tmp_path):
     assert "attacks run on harmful requests" in err
 
 
-def test_report_puts_attack_column_after_direct_one():
+def test_attack_column_follows_direct_column():
     rate = {"rate": 0.5, "count": 1, "total": 2, "invalid": 0, "ci_low": 0.0, "ci_high": 1.0}
     summary = {"benchmarks": {name: {"rates": {"attack_success_rate": rate}}
                               for name in ("harmbench", "harmbench+prefill", "jailbreakbench")}}

@@ -117,7 +117,7 @@ def test_report_files(tmp_path):
     assert "homonyms" in markdown
     assert paths["plot"].stat().st_size > 1000
     assert "<table>" in paths["html"].read_text()
-    # 10 prompts per benchmark: the report says the table ranks nothing.
+    # With 10 prompts per benchmark, the report warns that the table ranks nothing.
     assert "as few as 10): intervals are up to 60 points wide" in markdown
 
 

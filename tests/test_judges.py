@@ -502,7 +502,7 @@ def test_training_refusals_are_refusals():
     assert [text for text, verdict in zip(texts, verdicts) if not verdict.label] == []
 
 
-def test_list_marker_does_not_use_up_opening():
+def test_list_marker_skipped_in_opening():
     verdict = classify_refusal("1.\n\n**\n\nOkay.\n\nHm.\n\nI can't help with that.")
     assert verdict.kind == FULL_REFUSAL
 

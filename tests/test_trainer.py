@@ -405,7 +405,7 @@ def test_finished_run_is_not_trained_again(tiny_model_dir, tmp_path):
     assert again.steps == 2
 
 
-def test_finished_run_without_weights_is_trained_again(tiny_model_dir, tmp_path):
+def test_run_without_weights_trains_again(tiny_model_dir, tmp_path):
     settings = quick_settings(steps=2)
     run_dir = tmp_path / "run"
     train(load_model(str(tiny_model_dir)), make_examples(), method="sft", output_dir=run_dir, settings=settings,

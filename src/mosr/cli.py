@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Model downloads are the user's choice; mosr itself never needs the hub once files are local.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # peft asks transformers a deprecated question on every adapter load; the warning is not the user's to act on.
+    # peft calls a deprecated transformers method on every adapter load, and the user cannot act on that warning.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         return args.func(args)

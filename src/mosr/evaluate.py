@@ -62,7 +62,7 @@ class EvaluationSettings:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Settings from a YAML config arrive untyped; a wrong type must fail here, not deep in a run.
+        # Settings from a YAML config arrive untyped, so a wrong type must fail here, not deep in a run.
         for name in ("benchmarks", "attacks"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
@@ -142,7 +142,7 @@ def _check_limits(settings: EvaluationSettings) -> None:
 
 
 def judge_identities(judges: dict) -> dict:
-    """Name and version of every judge behind a run's labels, for manifests and re-judging."""
+    """Return the name and version of every judge behind a run's labels, for manifests and re-judging."""
     identities = {kind: judge.identity() for kind, judge in judges.items()}
     # The incoherence check is the rule-based harm judge's, whichever harm judge labels harm.
     identities["incoherence"] = {"name": "rule-incoherence", "version": HarmJudge.version}
@@ -285,7 +285,7 @@ def evaluate(
             progress=settings.progress,
             description=benchmark.name,
         )
-        # The judges read the original request: an attack's wrapping is not what was asked for.
+        # The judges read the original request, because an attack's wrapping is not what was requested.
         records = [
             {**sample.to_dict(), **{key: value for key, value in record.items() if key not in ("id", "prompt")}}
             for sample, record in zip(benchmark.samples, generated)
@@ -305,7 +305,7 @@ def evaluate(
 
 
 def _model_inputs(benchmark: Benchmark) -> tuple[list[str], list[str] | None]:
-    """The user turns and response prefills that the model receives for a benchmark (prefills None without an attack)."""
+    """Return the user turns and response prefills that the model receives for a benchmark (prefills None without an attack)."""
     if benchmark.attack is None:
         return [sample.prompt for sample in benchmark.samples], None
     attacked = [benchmark.attack.apply(sample.prompt, sample.target) for sample in benchmark.samples]

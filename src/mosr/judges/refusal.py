@@ -95,7 +95,7 @@ _STANDALONE_REFUSAL = re.compile(
     r"|\b(?:this|that|it) (?:is|'s|isn't|is not) (?:not )?something (?:i|we)(?:'ll| will| can| am able to|'m able to|"
     r"'m going to| am going to| would)? (?:help|assist|do|provide|write|share|give)\b"
     r"|\b(?:i|we) (?:don't|do not) (?:help|assist) with (?:requests|tasks|content|questions|things|that|this|anything)\b"
-    # The model stops its own answer: "I'm stopping here", "Let me stop", "I can't keep going with this".
+    # The model stops its own response: "I'm stopping here", "Let me stop", "I can't keep going with this".
     r"|\b(?:i|we)\b[^.!?]{0,40}\bstop(?:ping)? (?:here|now|writing)\b"
     r"|\b(?:i|we) (?:need|have|ought|must) to stop\b|\blet me stop\b"
     r"|\b(?:i|we)(?: can't| cannot| won't| will not| shouldn't| should not| must not| am not going to|'m not going to)"
